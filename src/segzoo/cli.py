@@ -1,0 +1,78 @@
+"""What ``stm32ai_main.py`` runs: check overrides, validate the config, run the mode's steps.
+
+Nothing heavy is imported before the config is valid, so a typo fails in a few seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from segzoo.config import config_to_dict, load_config
+from segzoo.config.overrides import check_overrides
+from segzoo.errors import SegzooError
+from segzoo.io import write_json, write_text
+from segzoo.modes import steps_for
+
+logger = logging.getLogger("segzoo")
+
+
+def preflight(argv: list[str]) -> list[str]:
+    """Check ``key=value`` overrides against the schema before Hydra sees them; exit 2 on a bad key."""
+    try:
+        # Hydra's own copy of the config (.hydra/) would hold secrets unredacted: segzoo writes
+        # a redacted config.yaml into the run directory instead.
+        return argv[:1] + check_overrides(argv[1:]) + ["hydra.output_subdir=null"]
+    except SegzooError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
+def run(raw_cfg: Any, run_dir: str | Path | None = None) -> dict:
+    """Validate ``raw_cfg`` and run its operation mode in ``run_dir``; user errors exit non-zero."""
+    try:
+        return _run(raw_cfg, run_dir)
+    except SegzooError as exc:
+        logger.error("%s", exc)
+        raise SystemExit(exc.exit_code) from None
+
+
+def _hydra_run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _run(raw_cfg: Any, run_dir: str | Path | None) -> dict:
+    cfg = load_config(raw_cfg)
+    run_dir = Path(run_dir) if run_dir else _hydra_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from omegaconf import OmegaConf
+
+    from segzoo.steps import STEPS, RunContext
+    from segzoo.tracking import Tracker
+
+    config_file = write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config_to_dict(cfg)))
+    steps = steps_for(cfg.operation_mode)
+    logger.info("operation_mode %s: %s; outputs in %s", cfg.operation_mode, " -> ".join(steps), run_dir)
+    with Tracker(cfg.mlflow.uri, cfg.general.project_name, run_dir.name, enabled=cfg.mlflow.enabled,
+                 log_models=cfg.mlflow.log_models) as tracker:
+        tracker.set_tag("operation_mode", cfg.operation_mode)
+        tracker.log_config(config_to_dict(cfg))
+        tracker.log_artifact(config_file)
+        ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker)
+        try:
+            for step in steps:
+                start = time.perf_counter()
+                STEPS[step](ctx)
+                logger.info("step %s done in %.1f s", step, time.perf_counter() - start)
+        finally:
+            for log_file in run_dir.glob("*.log"):
+                tracker.log_artifact(log_file)
+    write_json(run_dir / "results.json", ctx.results)
+    return ctx.results

@@ -1,0 +1,212 @@
+"""Checks across keys: value ranges, the model registry, augmentations, and what each mode needs."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from segzoo.config.schema import Config
+from segzoo.errors import ConfigError, ModelError
+from segzoo.modes import MODES, steps_for
+
+SYNTHETIC = "synthetic_shapes"
+MODEL_SUFFIXES = (".keras", ".h5", ".tflite")
+SPLITS = ("training", "validation", "test", "quantization")
+
+
+def check_values(cfg: Config) -> list[str]:
+    """Range and consistency checks that need no file system access."""
+    errors: list[str] = []
+    if cfg.operation_mode not in MODES:
+        close = difflib.get_close_matches(cfg.operation_mode, list(MODES), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        errors.append(f"operation_mode: bad value {cfg.operation_mode!r}; allowed values: {', '.join(MODES)}{hint}")
+    errors += _check_dataset(cfg)
+    errors += _check_training(cfg)
+    errors += _check_model(cfg)
+    if cfg.data_augmentation:
+        from segzoo.data.augment_spec import validate_augmentations
+
+        try:
+            validate_augmentations(cfg.data_augmentation, "data_augmentation")
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if cfg.preprocessing.rescaling.scale == 0:
+        errors.append("preprocessing.rescaling.scale: must not be 0")
+    if not 0.0 <= cfg.prediction.overlay_alpha <= 1.0:
+        errors.append("prediction.overlay_alpha: must be between 0 and 1")
+    for key, value in (("evaluation.max_images", cfg.evaluation.max_images),
+                       ("prediction.max_images", cfg.prediction.max_images),
+                       ("general.num_threads_tflite", cfg.general.num_threads_tflite)):
+        if value is not None and value < 1:
+            errors.append(f"{key}: must be at least 1, got {value}")
+    return errors
+
+
+def num_classes(cfg: Config) -> int | None:
+    """Number of classes, from class_names or the built-in dataset."""
+    if cfg.dataset.class_names:
+        return len(cfg.dataset.class_names)
+    if cfg.dataset.name == SYNTHETIC:
+        from segzoo.data.synthetic import SYNTHETIC_CLASSES
+
+        return len(SYNTHETIC_CLASSES)
+    return None
+
+
+def _check_dataset(cfg: Config) -> list[str]:
+    ds, errors = cfg.dataset, []
+    if not 0.0 < ds.validation_split < 1.0:
+        errors.append(f"dataset.validation_split: must be between 0 and 1 (exclusive), got {ds.validation_split}")
+    if ds.quantization_split is not None and not 0.0 < ds.quantization_split <= 1.0:
+        errors.append(f"dataset.quantization_split: must be in (0, 1], got {ds.quantization_split}")
+    if not 0 <= ds.ignore_index <= 255:
+        errors.append(f"dataset.ignore_index: must be in 0..255, got {ds.ignore_index}")
+    if ds.class_names is not None and len(ds.class_names) < 2:
+        errors.append("dataset.class_names: at least 2 classes are needed")
+    if ds.class_names and len(set(ds.class_names)) != len(ds.class_names):
+        errors.append("dataset.class_names: names must be unique")
+    n = num_classes(cfg)
+    if n is not None:
+        if ds.ignore_index < n:
+            errors.append(f"dataset.ignore_index: {ds.ignore_index} is a class index (there are {n} classes)")
+        targets = dict(ds.class_mapping or {})
+        bad = sorted({v for v in targets.values() if not (0 <= v < n or v == ds.ignore_index)})
+        if bad:
+            errors.append(f"dataset.class_mapping: targets {bad} are neither a class index (0..{n - 1}) "
+                          f"nor dataset.ignore_index ({ds.ignore_index})")
+        default = ds.class_mapping_default
+        if default is not None and not (0 <= default < n or default == ds.ignore_index):
+            errors.append(f"dataset.class_mapping_default: {default} is neither a class index (0..{n - 1}) "
+                          f"nor dataset.ignore_index ({ds.ignore_index})")
+    if ds.class_mapping_default is not None and ds.class_mapping is None:
+        errors.append("dataset.class_mapping_default: only used together with dataset.class_mapping")
+    return errors
+
+
+def _check_training(cfg: Config) -> list[str]:
+    tr, errors = cfg.training, []
+    for key in ("batch_size", "epochs"):
+        if getattr(tr, key) < 1:
+            errors.append(f"training.{key}: must be at least 1, got {getattr(tr, key)}")
+    if tr.steps_per_epoch is not None and tr.steps_per_epoch < 1:
+        errors.append(f"training.steps_per_epoch: must be at least 1, got {tr.steps_per_epoch}")
+    if tr.early_stopping_patience is not None and tr.early_stopping_patience < 1:
+        errors.append(f"training.early_stopping_patience: must be at least 1, got {tr.early_stopping_patience}")
+    if tr.optimizer.learning_rate <= 0:
+        errors.append(f"training.optimizer.learning_rate: must be positive, got {tr.optimizer.learning_rate}")
+    if tr.lr_schedule.name == "reduce_on_plateau" and tr.lr_schedule.warmup_epochs:
+        errors.append("training.lr_schedule.warmup_epochs: not available with reduce_on_plateau")
+    if not 0.0 <= tr.model.dropout < 1.0:
+        errors.append(f"training.model.dropout: must be in [0, 1), got {tr.model.dropout}")
+    n = num_classes(cfg)
+    if isinstance(tr.class_weights, list):
+        if n is not None and len(tr.class_weights) != n:
+            errors.append(f"training.class_weights: {len(tr.class_weights)} weights given for {n} classes")
+        if any(w < 0 for w in tr.class_weights):
+            errors.append("training.class_weights: weights must not be negative")
+    return errors
+
+
+def _check_model(cfg: Config) -> list[str]:
+    m, errors = cfg.training.model, []
+    shape = m.input_shape
+    if len(shape) != 3 or min(shape) < 1:
+        return [f"training.model.input_shape: expected [height, width, channels], got {shape}"]
+    channels = 1 if cfg.preprocessing.color_mode == "grayscale" else 3
+    if shape[2] != channels:
+        errors.append(f"training.model.input_shape: {shape[2]} channels but preprocessing.color_mode "
+                      f"{cfg.preprocessing.color_mode!r} gives {channels}")
+    from segzoo.models.registry import get_family
+
+    try:
+        family = get_family(m.name)
+    except ModelError as exc:
+        return errors + [f"training.model.name: {exc}"]
+    for param, allowed in family.choices.items():
+        value = getattr(m, param, None)
+        if value is not None and value not in allowed:
+            errors.append(f"training.model.{param}: bad value {value!r}; allowed values: "
+                          f"{', '.join(map(str, allowed))}")
+    if "output_stride" in family.params and (shape[0] % m.output_stride or shape[1] % m.output_stride):
+        errors.append(f"training.model.input_shape: {shape[0]}x{shape[1]} is not divisible by "
+                      f"training.model.output_stride ({m.output_stride})")
+    return errors
+
+
+def check_mode(cfg: Config) -> list[str]:
+    """What the steps of ``operation_mode`` need: keys that must be set and paths that must exist."""
+    if cfg.operation_mode not in MODES:
+        return []
+    steps = steps_for(cfg.operation_mode)
+    errors = _check_paths(cfg)
+    synthetic = cfg.dataset.name == SYNTHETIC
+    if "train" in steps:
+        if not synthetic:
+            errors += _require(cfg, ["dataset.training_path", "dataset.training_masks_path", "dataset.class_names"],
+                               "training")
+        if cfg.general.model_path and Path(cfg.general.model_path).suffix == ".tflite":
+            errors.append("general.model_path: a .tflite model cannot be trained; give a .keras or .h5 model")
+    elif "evaluate" in steps:
+        errors += _require(cfg, ["general.model_path"], cfg.operation_mode)
+        if not synthetic:
+            errors += _require(cfg, ["dataset.class_names"], cfg.operation_mode)
+            if not (cfg.dataset.validation_path or cfg.dataset.test_path or cfg.dataset.training_path):
+                errors.append(f"dataset.test_path: {cfg.operation_mode} needs images to evaluate on: set "
+                              "dataset.test_path or dataset.validation_path (with its *_masks_path)")
+    if "predict" in steps:
+        errors += _require(cfg, ["general.model_path", "prediction.test_files_path"], cfg.operation_mode)
+        if not synthetic:
+            errors += _require(cfg, ["dataset.class_names"], cfg.operation_mode)
+    if "evaluate" in steps and cfg.evaluation.split == "test" and not (cfg.dataset.test_path or synthetic):
+        errors.append("evaluation.split: 'test' needs dataset.test_path")
+    return errors
+
+
+def _require(cfg: Config, keys: list[str], mode: str) -> list[str]:
+    return [f"{key}: required for operation_mode {mode}" for key in keys if _get(cfg, key) in (None, "", [])]
+
+
+def _get(cfg: Config, key: str) -> object:
+    obj: object = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_paths(cfg: Config) -> list[str]:
+    """Every path that is set must exist, with the right kind (folder or file)."""
+    errors = []
+    ds = cfg.dataset
+    for split in SPLITS:
+        for key, kind in ((f"{split}_path", "dir"), (f"{split}_masks_path", "dir"), (f"{split}_files_path", "file")):
+            errors += _exists(f"dataset.{key}", getattr(ds, key), kind)
+        images, masks = getattr(ds, f"{split}_path"), getattr(ds, f"{split}_masks_path")
+        if masks and not images:
+            errors.append(f"dataset.{split}_path: required when dataset.{split}_masks_path is set")
+        if images and not masks and split != "quantization":
+            errors.append(f"dataset.{split}_masks_path: required when dataset.{split}_path is set")
+    model_path = cfg.general.model_path
+    errors += _exists("general.model_path", model_path, "file")
+    if model_path and Path(model_path).suffix.lower() not in MODEL_SUFFIXES:
+        errors.append(f"general.model_path: {model_path!r} is not a model file ({', '.join(MODEL_SUFFIXES)})")
+    errors += _exists("prediction.test_files_path", cfg.prediction.test_files_path, "dir")
+    resume = cfg.training.resume_training_from
+    errors += _exists("training.resume_training_from", resume, "dir")
+    weights = cfg.training.model.pretrained_weights
+    if weights and weights != "imagenet":
+        errors += _exists("training.model.pretrained_weights", weights, "file")
+    return errors
+
+
+def _exists(key: str, value: str | None, kind: str) -> list[str]:
+    if not value:
+        return []
+    path = Path(value)
+    if not path.exists():
+        return [f"{key}: {value!r} does not exist"]
+    if kind == "dir" and not path.is_dir():
+        return [f"{key}: {value!r} is not a folder"]
+    if kind == "file" and not path.is_file():
+        return [f"{key}: {value!r} is not a file"]
+    return []

@@ -1,0 +1,176 @@
+"""The typed configuration schema: one dataclass per ``user_config.yaml`` section.
+
+Every key a user can write is a field here with its default. ``segzoo.config.validate`` turns the
+YAML (plus command-line overrides) into these objects, failing on unknown keys and bad values
+before any heavy import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+@dataclass
+class GeneralConfig:
+    """``general``: project-wide settings."""
+
+    project_name: str = "segzoo"
+    model_path: str | None = None
+    logs_dir: str = "logs"
+    saved_models_dir: str = "saved_models"
+    global_seed: int = 127
+    num_threads_tflite: int | None = None
+
+
+@dataclass
+class DatasetConfig:
+    """``dataset``: where images and masks are, and how mask values become classes."""
+
+    name: str = "custom"
+    class_names: list[str] | None = None
+    training_path: str | None = None
+    training_masks_path: str | None = None
+    training_files_path: str | None = None
+    validation_path: str | None = None
+    validation_masks_path: str | None = None
+    validation_files_path: str | None = None
+    validation_split: float = 0.2
+    test_path: str | None = None
+    test_masks_path: str | None = None
+    test_files_path: str | None = None
+    quantization_path: str | None = None
+    quantization_masks_path: str | None = None
+    quantization_files_path: str | None = None
+    quantization_split: float | None = None
+    class_mapping: dict[int, int] | None = None
+    class_mapping_default: int | None = None
+    ignore_index: int = 255
+    on_bad_sample: Literal["error", "skip"] = "error"
+    root: str = "datasets"
+
+
+@dataclass
+class RescalingConfig:
+    """``preprocessing.rescaling``: ``x = pixel * scale + offset``."""
+
+    scale: float = 1.0 / 127.5
+    offset: float = -1.0
+
+
+@dataclass
+class ResizingConfig:
+    """``preprocessing.resizing``: how images reach the model input size."""
+
+    interpolation: Literal["nearest", "bilinear", "bicubic", "area"] = "bilinear"
+    aspect_ratio: Literal["fit", "crop", "padding"] = "fit"
+
+
+@dataclass
+class PreprocessingConfig:
+    """``preprocessing``."""
+
+    rescaling: RescalingConfig = field(default_factory=RescalingConfig)
+    resizing: ResizingConfig = field(default_factory=ResizingConfig)
+    color_mode: Literal["rgb", "bgr", "grayscale"] = "rgb"
+
+
+@dataclass
+class ModelConfig:
+    """``training.model``: the family from the registry and its parameters."""
+
+    name: str = "deeplab_v3"
+    input_shape: list[int] = field(default_factory=lambda: [128, 128, 3])
+    alpha: float = 0.35
+    output_stride: int = 16
+    aspp: str = "v2"
+    dropout: float = 0.1
+    pretrained_weights: str | None = None
+    upsample: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    """``training.optimizer``: name plus arguments (no code strings)."""
+
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    clipnorm: float | None = None
+
+
+@dataclass
+class LRScheduleConfig:
+    """``training.lr_schedule``: per-epoch learning-rate schedule."""
+
+    name: Literal["constant", "cosine", "polynomial", "step", "reduce_on_plateau"] = "cosine"
+    warmup_epochs: int = 0
+    min_lr: float = 1e-6
+    power: float = 0.9
+    step_epochs: int = 10
+    factor: float = 0.5
+    patience: int = 5
+
+
+@dataclass
+class TrainingConfig:
+    """``training``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch_size: int = 8
+    epochs: int = 20
+    steps_per_epoch: int | None = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    class_weights: list[float] | Literal["median_frequency"] | None = None
+    monitor: Literal["val_miou", "val_loss"] = "val_miou"
+    early_stopping_patience: int | None = None
+    resume_training_from: str | None = None
+    cache_dataset: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class EvaluationConfig:
+    """``evaluation``."""
+
+    split: Literal["auto", "validation", "test"] = "auto"
+    resolution: Literal["original", "input"] = "original"
+    max_images: int | None = None
+
+
+@dataclass
+class PredictionConfig:
+    """``prediction``."""
+
+    test_files_path: str | None = None
+    overlay_alpha: float = 0.5
+    max_images: int | None = None
+
+
+@dataclass
+class MlflowConfig:
+    """``mlflow``."""
+
+    enabled: bool = True
+    uri: str = "./experiments_outputs/mlruns"
+    log_models: bool = False
+
+
+@dataclass
+class Config:
+    """The whole validated configuration."""
+
+    operation_mode: str = "training"
+    general: GeneralConfig = field(default_factory=GeneralConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    data_augmentation: dict[str, Any] | None = None
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    prediction: PredictionConfig = field(default_factory=PredictionConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+FREE_FORM_KEYS = frozenset({"data_augmentation", "dataset.class_mapping"})
+"""Keys whose children are not schema fields (validated by their own rules)."""

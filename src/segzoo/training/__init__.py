@@ -1,0 +1,1 @@
+"""Training: ignore-aware loss, streaming mIoU, schedules, checkpoints, the training loop."""

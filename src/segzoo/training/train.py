@@ -1,0 +1,202 @@
+"""The training loop: model, data, loss, metrics, schedule, checkpoints, logs, resume."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from segzoo.config.schema import Config, OptimizerConfig
+from segzoo.data.augment import build_augmenter
+from segzoo.data.augment_spec import validate_augmentations
+from segzoo.data.layouts import Sample
+from segzoo.data.loader import scan_samples
+from segzoo.data.masks import read_mask
+from segzoo.data.pipeline import make_dataset
+from segzoo.data.resolve import DataSpec, training_and_validation
+from segzoo.errors import ConfigError, DataError, ModelError
+from segzoo.training.callbacks import Checkpoints, MlflowMetrics, read_state
+from segzoo.training.losses import IgnoreAwareCrossEntropy, median_frequency_weights
+from segzoo.training.metrics import StreamingMeanIoU
+from segzoo.training.plots import plot_training_curves
+from segzoo.training.schedules import lr_schedule
+
+logger = logging.getLogger(__name__)
+
+CUSTOM_OBJECTS = {"IgnoreAwareCrossEntropy": IgnoreAwareCrossEntropy, "StreamingMeanIoU": StreamingMeanIoU}
+
+
+@dataclass
+class TrainingResult:
+    """What a training run produced."""
+
+    best_model: Path
+    last_model: Path
+    epochs_done: int
+    best: float | None
+    monitor: str
+    curves: Path | None
+
+
+def make_optimizer(opt: OptimizerConfig) -> keras.optimizers.Optimizer:
+    """Optimizer from its typed config."""
+    common = {"learning_rate": opt.learning_rate, "clipnorm": opt.clipnorm}
+    if opt.name == "adam":
+        return keras.optimizers.Adam(weight_decay=opt.weight_decay or None, **common)
+    if opt.name == "adamw":
+        return keras.optimizers.AdamW(weight_decay=opt.weight_decay or 0.004, **common)
+    if opt.name == "sgd":
+        return keras.optimizers.SGD(momentum=opt.momentum, weight_decay=opt.weight_decay or None, **common)
+    return keras.optimizers.RMSprop(momentum=opt.momentum, weight_decay=opt.weight_decay or None, **common)
+
+
+def build_or_load_model(cfg: Config, num_classes: int) -> keras.Model:
+    """A new model from the registry, or the .keras/.h5 model of ``general.model_path`` to fine-tune."""
+    if cfg.general.model_path:
+        try:
+            model = keras.saving.load_model(cfg.general.model_path, compile=False)
+        except Exception as exc:  # Keras raises many types for unreadable files
+            raise ModelError(f"general.model_path: cannot load {cfg.general.model_path!r}: {exc}") from exc
+        out_classes = model.output_shape[-1]
+        if out_classes != num_classes:
+            raise ModelError(f"general.model_path: the model predicts {out_classes} classes but "
+                             f"dataset.class_names has {num_classes}")
+        logger.info("Fine-tuning %s", cfg.general.model_path)
+        return model
+    from segzoo.models.registry import build_model, get_family
+
+    m = cfg.training.model
+    family = get_family(m.name)
+    params = {k: getattr(m, k) for k in family.params if hasattr(m, k)}
+    model = build_model(m.name, input_shape=tuple(m.input_shape), num_classes=num_classes, **params)
+    logger.info("Built %s %s for %d classes, input %s", m.name, params, num_classes, m.input_shape)
+    return model
+
+
+def class_weights_for(cfg: Config, spec: DataSpec, train: list[Sample]) -> list[float] | None:
+    """Class weights from the config, or computed by median-frequency balancing."""
+    weights = cfg.training.class_weights
+    if weights != "median_frequency":
+        return weights
+    masks = (spec.mapper.apply(read_mask(s.mask_path)) for s in train)
+    computed = median_frequency_weights(masks, spec.num_classes)
+    logger.info("Median-frequency class weights: %s", dict(zip(spec.class_names, computed)))
+    return computed
+
+
+def _resume_source(cfg: Config) -> tuple[Path, dict] | None:
+    source = cfg.training.resume_training_from
+    if not source:
+        return None
+    saved = Path(source) / cfg.general.saved_models_dir
+    last = saved / "last_model.keras"
+    try:
+        state = read_state(saved)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"training.resume_training_from: {source!r} holds no resumable run "
+                          f"({saved / 'training_state.json'}: {exc})") from None
+    if not last.is_file():
+        raise ConfigError(f"training.resume_training_from: {last} is missing")
+    return saved, state
+
+
+def _datasets(cfg: Config, spec: DataSpec, train: list[Sample], val: list[Sample], input_hw: tuple[int, int]):
+    augmentations = validate_augmentations(cfg.data_augmentation or {}, "data_augmentation")
+    augment = build_augmenter(augmentations, spec.ignore_index, seed=spec.seed) if augmentations else None
+    tr = cfg.training
+    train_ds = make_dataset(train, spec.mapper, input_hw, spec.pp, tr.batch_size, shuffle=True, augment=augment,
+                            seed=spec.seed, cache=tr.cache_dataset, drop_remainder=len(train) > tr.batch_size)
+    if tr.steps_per_epoch:
+        train_ds = train_ds.repeat()
+    val_ds = make_dataset(val, spec.mapper, input_hw, spec.pp, tr.batch_size, cache=tr.cache_dataset) if val else None
+    return train_ds, val_ds
+
+
+def run_training(cfg: Config, spec: DataSpec, run_dir: Path, tracker) -> TrainingResult:
+    """Train as configured; checkpoints go to ``<run_dir>/<saved_models_dir>``, logs to ``<logs_dir>``."""
+    keras.utils.set_random_seed(spec.seed)
+    tr = cfg.training
+    saved_dir, logs_dir = run_dir / cfg.general.saved_models_dir, run_dir / cfg.general.logs_dir
+    saved_dir.mkdir(parents=True, exist_ok=True)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+
+    train, val = training_and_validation(spec)
+    on_bad = spec.dataset.on_bad_sample
+    train = scan_samples(train, spec.mapper, on_bad, desc="Checking training set")
+    val = scan_samples(val, spec.mapper, on_bad, desc="Checking validation set") if val else []
+    if not train:
+        raise DataError("no training images (dataset.training_path)")
+    monitor = tr.monitor if val else tr.monitor.removeprefix("val_")
+    if not val:
+        logger.warning("No validation images: checkpoints follow the training %s", monitor)
+
+    resume = _resume_source(cfg)
+    initial_epoch, best = 0, None
+    if resume:
+        saved_src, state = resume
+        model = keras.saving.load_model(saved_src / "last_model.keras", custom_objects=CUSTOM_OBJECTS)
+        initial_epoch, best = int(state["epochs_done"]), state.get("best")
+        _carry_over(saved_src, saved_dir, Path(cfg.training.resume_training_from) / cfg.general.logs_dir, logs_dir)
+        logger.info("Resuming from %s after epoch %d (best %s %s)", saved_src, initial_epoch, monitor, best)
+    else:
+        model = build_or_load_model(cfg, spec.num_classes)
+        loss = IgnoreAwareCrossEntropy(spec.num_classes, spec.ignore_index, class_weights_for(cfg, spec, train))
+        model.compile(optimizer=make_optimizer(tr.optimizer), loss=loss,
+                      metrics=[StreamingMeanIoU(spec.num_classes, spec.ignore_index)])
+    input_hw = tuple(model.input_shape[1:3])
+    if model.input_shape[-1] != spec.pp.channels:
+        raise ConfigError(f"preprocessing.color_mode: {spec.pp.color_mode!r} gives {spec.pp.channels} channels "
+                          f"but the model takes {model.input_shape[-1]}")
+    train_ds, val_ds = _datasets(cfg, spec, train, val, input_hw)
+
+    checkpoints = Checkpoints(saved_dir, monitor, best=best)
+    callbacks = [checkpoints, keras.callbacks.CSVLogger(str(logs_dir / "training_log.csv"), append=bool(resume)),
+                 MlflowMetrics(tracker)]
+    callbacks += _schedule_callbacks(cfg, monitor)
+    if tr.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logs_dir / "tensorboard"), profile_batch=0))
+    if initial_epoch >= tr.epochs:
+        logger.warning("training.epochs (%d) already reached by the resumed run: nothing to train", tr.epochs)
+    else:
+        logger.info("Training on %d images, validating on %d, for epochs %d..%d", len(train), len(val),
+                    initial_epoch + 1, tr.epochs)
+        model.fit(train_ds, validation_data=val_ds, epochs=tr.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=tr.steps_per_epoch, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    curves = plot_training_curves(logs_dir / "training_log.csv", run_dir / "training_curves.png") \
+        if (logs_dir / "training_log.csv").exists() else None
+    if not checkpoints.best_path.exists():
+        raise ModelError(f"training produced no checkpoint ({monitor} was never finite: check the data and "
+                         "the learning rate)")
+    return TrainingResult(best_model=checkpoints.best_path, last_model=checkpoints.last_path,
+                          epochs_done=max(initial_epoch, tr.epochs), best=checkpoints.best, monitor=monitor,
+                          curves=curves)
+
+
+def _schedule_callbacks(cfg: Config, monitor: str) -> list[keras.callbacks.Callback]:
+    tr = cfg.training
+    schedule = lr_schedule(tr.lr_schedule, tr.optimizer.learning_rate, tr.epochs)
+    mode = "min" if monitor.endswith("loss") else "max"
+    if tr.lr_schedule.name != "reduce_on_plateau":
+        callbacks: list[keras.callbacks.Callback] = [keras.callbacks.LearningRateScheduler(schedule)]
+    else:
+        callbacks = [keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=tr.lr_schedule.factor,
+                                                       patience=tr.lr_schedule.patience,
+                                                       min_lr=tr.lr_schedule.min_lr)]
+    if tr.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
+                                                       patience=tr.early_stopping_patience))
+    return callbacks
+
+
+def _carry_over(saved_src: Path, saved_dir: Path, logs_src: Path, logs_dir: Path) -> None:
+    """Copy the resumed run's best checkpoint, state and CSV log into this run."""
+    for name in ("best_model.keras", "training_state.json"):
+        if (saved_src / name).exists():
+            shutil.copy2(saved_src / name, saved_dir / name)
+    if (logs_src / "training_log.csv").exists():
+        shutil.copy2(logs_src / "training_log.csv", logs_dir / "training_log.csv")
+

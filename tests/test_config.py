@@ -1,0 +1,169 @@
+"""Config validation: unknown keys with suggestions, bad values with allowed values, mode requirements."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from segzoo.config import load_config
+from segzoo.config.overrides import check_overrides
+from segzoo.config.validate import all_key_paths
+from segzoo.errors import ConfigError
+
+
+def default_config() -> dict:
+    return yaml.safe_load((REPO / "user_config.yaml").read_text())
+
+
+def errors_of(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    return str(info.value)
+
+
+def test_default_config_is_valid() -> None:
+    cfg = load_config(default_config())
+    assert cfg.operation_mode == "training"
+    assert cfg.dataset.name == "synthetic_shapes"
+    assert cfg.preprocessing.rescaling.scale == pytest.approx(1 / 127.5)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config_file_examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_parse(path: Path) -> None:
+    """Every example has only known keys and valid values (paths may point at data not present here)."""
+    from segzoo.config.checks import check_values
+    from segzoo.config.validate import build_config
+
+    cfg, errors = build_config(yaml.safe_load(path.read_text()))
+    assert errors == []
+    assert check_values(cfg) == []
+
+
+def test_unknown_key_names_full_path_and_closest_key() -> None:
+    data = default_config()
+    data["dataset"]["trainning_path"] = "x"
+    message = errors_of(data)
+    assert "dataset.trainning_path: unknown key; did you mean dataset.training_path?" in message
+
+
+def test_key_in_wrong_section_points_to_the_right_one() -> None:
+    data = default_config()
+    data["training"]["class_names"] = ["a", "b"]
+    assert "training.class_names: unknown key; did you mean dataset.class_names?" in errors_of(data)
+
+
+def test_bad_value_lists_allowed_values() -> None:
+    data = default_config()
+    data["preprocessing"]["resizing"]["aspect_ratio"] = "stretch"
+    data["training"]["model"]["aspp"] = "v3"
+    message = errors_of(data)
+    assert "preprocessing.resizing.aspect_ratio: bad value 'stretch'; allowed values: fit, crop, padding" in message
+    assert "training.model.aspp: bad value 'v3'; allowed values: v1, v2, none" in message
+
+
+def test_all_problems_reported_at_once() -> None:
+    data = default_config()
+    data["dataset"]["trainning_path"] = "x"
+    data["training"]["batch_size"] = "many"
+    data["operation_mode"] = "trainig"
+    message = errors_of(data)
+    assert "training.batch_size: expected an integer, got 'many'" in message
+    assert "dataset.trainning_path" in message
+
+
+def test_unknown_mode_lists_valid_modes() -> None:
+    data = default_config()
+    data["operation_mode"] = "trainnig"
+    message = errors_of(data)
+    assert "operation_mode: bad value 'trainnig'; allowed values: training, evaluation, prediction" in message
+    assert "did you mean training?" in message
+
+
+def test_st_style_strings_are_parsed_without_eval() -> None:
+    data = default_config()
+    data["preprocessing"]["rescaling"] = {"scale": "1/255", "offset": 0}
+    data["training"]["model"]["input_shape"] = "(256, 256, 3)"
+    cfg = load_config(data)
+    assert cfg.preprocessing.rescaling.scale == pytest.approx(1 / 255)
+    assert cfg.training.model.input_shape == [256, 256, 3]
+    data["preprocessing"]["rescaling"]["scale"] = "__import__('os').getcwd()"
+    assert "preprocessing.rescaling.scale: expected a number" in errors_of(data)
+
+
+def test_class_mapping_targets_checked() -> None:
+    data = default_config()
+    data["dataset"].update(class_names=["bg", "person"], class_mapping={0: 255, 1: 1, 5: 7}, class_mapping_default=0)
+    assert "dataset.class_mapping: targets [7] are neither a class index (0..1)" in errors_of(data)
+    data["dataset"]["class_mapping"] = {0: 255, 1: 1}
+    cfg = load_config(data)
+    assert cfg.dataset.class_mapping == {0: 255, 1: 1}
+
+
+def test_mode_requirements(tmp_path: Path) -> None:
+    data = default_config()
+    data["operation_mode"] = "evaluation"
+    assert "general.model_path: required for operation_mode evaluation" in errors_of(data)
+    data["general"]["model_path"] = str(tmp_path / "missing.tflite")
+    assert "general.model_path: " in errors_of(data) and "does not exist" in errors_of(data)
+    data = default_config()
+    data["dataset"] = {"name": "camvid", "training_path": str(tmp_path)}
+    message = errors_of(data)
+    assert "dataset.training_masks_path: required" in message
+    assert "dataset.class_names: required for operation_mode training" in message
+
+
+def test_input_shape_must_fit_output_stride() -> None:
+    data = default_config()
+    data["training"]["model"]["input_shape"] = [100, 128, 3]
+    assert "not divisible by training.model.output_stride (16)" in errors_of(data)
+
+
+def test_augmentation_typo_suggested() -> None:
+    data = default_config()
+    data["data_augmentation"] = {"random_flp": {"mode": "horizontal"}}
+    assert "random_flip" in errors_of(data)
+
+
+def test_overrides_checked_and_forced() -> None:
+    assert check_overrides(["general.model_path=m.tflite", "--config-name", "x"]) == [
+        "++general.model_path=m.tflite", "--config-name", "x"]
+    with pytest.raises(ConfigError, match="dataset.trainning_path: unknown key .*did you mean dataset.training_path"):
+        check_overrides(["dataset.trainning_path=/data"])
+
+
+def test_every_schema_key_is_documented_in_readme() -> None:
+    readme = (REPO / "README.md").read_text()
+    missing = [key for key in all_key_paths() if f"`{key}`" not in readme]
+    assert missing == []
+
+
+def test_typo_fails_fast_from_the_command_line() -> None:
+    """The entry point rejects a typo in a few seconds, before TensorFlow is imported."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "stm32ai_main.py", "dataset.trainning_path=x"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2
+    assert "did you mean dataset.training_path?" in proc.stderr
+    assert elapsed < 20
+
+
+def test_typo_in_yaml_fails_fast(tmp_path: Path) -> None:
+    data = default_config()
+    data["training"]["epochs"] = "ten"
+    data["general"]["projet_name"] = "x"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "stm32ai_main.py", "--config-path", str(tmp_path), "--config-name", "bad",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    output = proc.stdout + proc.stderr
+    assert "general.projet_name: unknown key; did you mean general.project_name?" in output
+    assert "training.epochs: expected an integer, got 'ten'" in output
+    assert "oneDNN" not in output  # TensorFlow never started
