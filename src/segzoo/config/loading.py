@@ -21,8 +21,7 @@ def load_config(data: Any) -> Config:
 
         data = OmegaConf.to_container(data, resolve=True)
     cfg, errors = build_config(data)
-    if not errors:
-        errors += check_values(cfg)
+    errors += check_values(cfg)
     if not errors:
         errors += check_mode(cfg)
     raise_if_errors(errors)
