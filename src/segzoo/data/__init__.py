@@ -1,0 +1,1 @@
+"""Datasets: folder layouts, mask reading and class mapping, the built-in synthetic set, augmentation, tf.data."""
