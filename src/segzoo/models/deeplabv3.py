@@ -238,7 +238,7 @@ def _conv_bn_relu(x: Any, filters: int, name: str, kernel: int = 1, rate: tuple[
 
     x = keras.layers.Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False,
                             kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -247,7 +247,7 @@ def _sep_conv_bn_relu(x: Any, filters: int, name: str, rate: tuple[int, int]) ->
 
     x = keras.layers.DepthwiseConv2D(3, padding="same", dilation_rate=rate, use_bias=False,
                                      depthwise_initializer="he_normal", name=f"{name}_dwconv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_dwbn")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dwbn")(x)
     x = keras.layers.ReLU(name=f"{name}_dwrelu")(x)
     return _conv_bn_relu(x, filters, name)
 
@@ -279,6 +279,10 @@ def aspp_head(x: Any, version: str, output_stride: int, filters: int = ASPP_FILT
 
 
 # ------------------------------------------------------------------------------------------------ builder
+BN_MOMENTUM = 0.9
+"""Batch-norm momentum of every layer of the model (the head uses it too)."""
+
+
 def _default_name(alpha: float, output_stride: int, aspp: str) -> str:
     alpha_tag = f"{float(alpha):g}".replace(".", "")
     return f"deeplab_v3_mobilenetv2_{alpha_tag}_{output_stride}_aspp{aspp}"
@@ -298,6 +302,11 @@ def _backbone_features(inputs: Any, alpha: float, output_stride: int, weights: s
             raise
         raise ModelError(f"Cannot load the MobileNetV2 weights file '{weights}' (alpha {alpha}): {exc}. "
                          f"The file is damaged or not the no-top file for this alpha; replace it.") from exc
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Keras' MobileNetV2 uses 0.999, made for long ImageNet runs: the moving statistics then lag
+            # far behind the weights in short fine-tuning or from-scratch runs and evaluation collapses.
+            layer.momentum = BN_MOMENTUM
     return backbone.get_layer(BACKBONE_CUTS[output_stride]).output
 
 

@@ -16,7 +16,7 @@ from segzoo.data.augment_spec import validate_augmentations
 from segzoo.data.layouts import Sample
 from segzoo.data.loader import scan_samples
 from segzoo.data.masks import read_mask
-from segzoo.data.pipeline import make_dataset
+from segzoo.data.pipeline import data_errors, make_dataset
 from segzoo.data.resolve import DataSpec, training_and_validation
 from segzoo.errors import ConfigError, DataError, ModelError
 from segzoo.training.callbacks import Checkpoints, MlflowMetrics, read_state
@@ -164,8 +164,10 @@ def run_training(cfg: Config, spec: DataSpec, run_dir: Path, tracker) -> Trainin
     else:
         logger.info("Training on %d images, validating on %d, for epochs %d..%d", len(train), len(val),
                     initial_epoch + 1, tr.epochs)
-        model.fit(train_ds, validation_data=val_ds, epochs=tr.epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=tr.steps_per_epoch, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+        with data_errors():
+            model.fit(train_ds, validation_data=val_ds, epochs=tr.epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=tr.steps_per_epoch, callbacks=callbacks,
+                      verbose=1 if sys.stdout.isatty() else 2)
     curves = plot_training_curves(logs_dir / "training_log.csv", run_dir / "training_curves.png") \
         if (logs_dir / "training_log.csv").exists() else None
     if not checkpoints.best_path.exists():
