@@ -48,9 +48,10 @@ class Tracker:
     def __enter__(self) -> Tracker:
         if not self.enabled:
             return self
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # MLflow sets its own level on import
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         tracking_uri, artifact_root = resolve_store(self.uri)
         self._client = MlflowClient(tracking_uri=tracking_uri)

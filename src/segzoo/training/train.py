@@ -166,7 +166,7 @@ def run_training(cfg: Config, spec: DataSpec, run_dir: Path, tracker) -> Trainin
                     initial_epoch + 1, tr.epochs)
         with data_errors():
             model.fit(train_ds, validation_data=val_ds, epochs=tr.epochs, initial_epoch=initial_epoch,
-                      steps_per_epoch=tr.steps_per_epoch, callbacks=callbacks,
+                      steps_per_epoch=tr.steps_per_epoch, callbacks=callbacks, shuffle=False,
                       verbose=1 if sys.stdout.isatty() else 2)
     curves = plot_training_curves(logs_dir / "training_log.csv", run_dir / "training_curves.png") \
         if (logs_dir / "training_log.csv").exists() else None
