@@ -219,7 +219,7 @@ def _install(built: Path, target: Path, params: dict) -> None:
             raise
 
 
-def ensure_synthetic_dataset(root: str | Path, *, num_train: int = 240, num_val: int = 60,
+def ensure_synthetic_dataset(root: str | Path, *, num_train: int = 800, num_val: int = 100,
                              image_size: tuple[int, int] = (160, 160), seed: int = 0) -> Path:
     """The folder of the built-in ``synthetic_shapes`` dataset under ``root``, generated on first use."""
     if num_train < 1 or num_val < 1:
