@@ -1,0 +1,115 @@
+"""Predict label maps for images: a palette mask PNG at the original size and an overlay with a legend."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from segzoo.data.loader import read_image
+from segzoo.errors import DataError, ModelError
+from segzoo.io import write_with
+from segzoo.palette import flat_palette, voc_palette
+from segzoo.preprocess import Preprocessing, to_model_input
+from segzoo.runners import Runner, check_output_classes, to_labels
+
+log = logging.getLogger(__name__)
+
+VOID = 255
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def predict_labels(runner: Runner, image: np.ndarray, pp: Preprocessing, num_classes: int) -> np.ndarray:
+    """uint8 label map at the size of ``image`` (RGB uint8); pixels outside an aspect-ratio crop are 255."""
+    x, placement = to_model_input(image, runner.input_hw, pp)
+    output = runner.predict(x[None])[0]
+    check_output_classes(runner, output, num_classes)
+    labels = to_labels(output, runner.output_kind, placement)
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise ModelError(f"model predicts class {low if low < 0 else high} but there are {num_classes} class names")
+    full = np.full(image.shape[:2], VOID, dtype=np.uint8)
+    y, x0, h, w = placement.crop
+    full[y : y + h, x0 : x0 + w] = labels
+    return full
+
+
+def _text_size(text: str, scale: float, thickness: int) -> tuple[int, int]:
+    (width, height), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+    return width, height + baseline
+
+
+def legend_panel(class_ids: list[int], class_names: list[str], height: int) -> np.ndarray:
+    """White RGB panel with one colour swatch + name per class, at least ``height`` pixels high."""
+    palette = voc_palette()
+    scale, thickness, row, pad, swatch = 0.5, 1, 22, 8, 14
+    names = [f"{i} {class_names[i]}" for i in class_ids]
+    width = pad * 3 + swatch + max((_text_size(n, scale, thickness)[0] for n in names), default=0)
+    panel = np.full((max(height, pad * 2 + row * len(names)), width, 3), 255, dtype=np.uint8)
+    for k, (class_id, name) in enumerate(zip(class_ids, names)):
+        top = pad + k * row
+        colour = tuple(int(c) for c in palette[class_id])
+        cv2.rectangle(panel, (pad, top + 2), (pad + swatch, top + 2 + swatch), colour, thickness=-1)
+        cv2.rectangle(panel, (pad, top + 2), (pad + swatch, top + 2 + swatch), (0, 0, 0), thickness=1)
+        cv2.putText(panel, name, (2 * pad + swatch, top + 14), _FONT, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return panel
+
+
+def render_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.5) -> np.ndarray:
+    """RGB image blended with the class colours (void left as is) plus a legend of the classes present."""
+    colours = voc_palette()[labels].astype(np.float32)
+    blended = image.astype(np.float32) * (1.0 - alpha) + colours * alpha
+    labelled = (labels != VOID)[..., None]
+    overlay = np.where(labelled, np.rint(blended), image).astype(np.uint8)
+    present = [int(c) for c in np.unique(labels) if c != VOID]
+    panel = legend_panel(present, class_names, overlay.shape[0])
+    if panel.shape[0] > overlay.shape[0]:
+        fill = np.full((panel.shape[0] - overlay.shape[0], overlay.shape[1], 3), 255, dtype=np.uint8)
+        overlay = np.concatenate([overlay, fill])
+    return np.concatenate([overlay, panel], axis=1)
+
+
+def _save_png(array: np.ndarray, path: Path, palette: bool = False) -> Path:
+    """Save an RGB image, or a 2-D uint8 index array as a palette (mode P) PNG, atomically."""
+    image = Image.fromarray(array)
+    if palette:
+        image.putpalette(flat_palette())  # turns the mode L image into mode P
+    return write_with(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _check_stems(image_paths: list[Path]) -> None:
+    repeated = [stem for stem, n in Counter(Path(p).stem for p in image_paths).items() if n > 1]
+    if repeated:
+        raise DataError(f"several input images share the name stem {repeated[0]!r}: their outputs would overwrite "
+                        "each other; rename them or predict them into separate folders")
+
+
+def predict_images(runner: Runner, image_paths: list[Path], out_dir: Path, pp: Preprocessing, class_names: list[str],
+                   *, alpha: float = 0.5) -> list[dict]:
+    """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` for each image."""
+    out_dir = Path(out_dir)
+    _check_stems(image_paths)
+    rows = []
+    for path in tqdm(image_paths, desc="Predicting", unit="img"):
+        path = Path(path)
+        start = time.perf_counter()
+        image = read_image(path)
+        labels = predict_labels(runner, image, pp, len(class_names))
+        mask_path = _save_png(labels, out_dir / f"{path.stem}_mask.png", palette=True)
+        overlay = render_overlay(image, labels, class_names, alpha)
+        overlay_path = _save_png(overlay, out_dir / f"{path.stem}_overlay.png")
+        rows.append({
+            "image": path,
+            "mask": mask_path,
+            "overlay": overlay_path,
+            "classes_present": [class_names[c] for c in np.unique(labels) if c != VOID],
+            "seconds": time.perf_counter() - start,
+        })
+    log.info("Predicted %d images into %s", len(rows), out_dir)
+    return rows
