@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGZOO_SHARED", REPO.parent / "shared"))
@@ -54,3 +55,33 @@ def coral_model() -> Path:
 COCO_TO_VOC = {5: 1, 2: 2, 16: 3, 9: 4, 44: 5, 6: 6, 3: 7, 17: 8, 62: 9, 21: 10, 67: 11, 18: 12, 19: 13, 4: 14,
                1: 15, 64: 16, 20: 17, 63: 18, 7: 19, 72: 20, 0: 255}
 """COCO panoptic id -> VOC class (from ../shared/datasets/coco128_semseg/SOURCE.md); others -> 0."""
+
+
+def tiny_training_config(tmp: Path, dataset_root: Path, **training) -> dict:
+    """The default config shrunk for tests: 64x64 alpha-0.35 DeepLabV3, 3 epochs, 20 evaluation images."""
+    cfg = yaml.safe_load((REPO / "user_config.yaml").read_text())
+    cfg["dataset"]["root"] = str(dataset_root)
+    cfg["training"]["model"].update(input_shape=[64, 64, 3], alpha=0.35, aspp="v2")
+    cfg["training"].update({"batch_size": 16, "epochs": 3, "tensorboard": False, **training})
+    cfg["training"]["lr_schedule"] = {"name": "constant"}
+    cfg["mlflow"] = {"uri": str(tmp / "mlruns"), "enabled": True}
+    cfg["evaluation"] = {"max_images": 20}
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def dataset_root(tmp_path_factory) -> Path:
+    """Where the built-in dataset is generated once for the whole test session."""
+    return tmp_path_factory.mktemp("datasets")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, dataset_root) -> tuple[Path, dict, dict]:
+    """A real 3-epoch training run (run directory, results, config), shared by the tests that need a model."""
+    from segzoo.cli import run
+
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = tiny_training_config(tmp, dataset_root)
+    run_dir = tmp / "run1"
+    results = run(cfg, run_dir=run_dir)
+    return run_dir, results, cfg

@@ -9,35 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from conftest import REPO, shared_path
+from conftest import REPO, shared_path, tiny_training_config
 from segzoo.cli import run
-
-
-def tiny_training_config(tmp: Path, dataset_root: Path, **training) -> dict:
-    cfg = yaml.safe_load((REPO / "user_config.yaml").read_text())
-    cfg["dataset"]["root"] = str(dataset_root)
-    cfg["training"]["model"].update(input_shape=[64, 64, 3], alpha=0.35, aspp="v2")
-    cfg["training"].update({"batch_size": 16, "epochs": 3, "tensorboard": False, **training})
-    cfg["training"]["lr_schedule"] = {"name": "constant"}
-    cfg["mlflow"] = {"uri": str(tmp / "mlruns"), "enabled": True}
-    cfg["evaluation"] = {"max_images": 20}
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("datasets")
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, dataset_root) -> tuple[Path, dict, dict]:
-    tmp = tmp_path_factory.mktemp("train")
-    cfg = tiny_training_config(tmp, dataset_root)
-    run_dir = tmp / "run1"
-    results = run(cfg, run_dir=run_dir)
-    return run_dir, results, cfg
 
 
 def read_log(run_dir: Path) -> list[dict]:

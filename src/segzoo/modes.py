@@ -11,6 +11,9 @@ MODES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
     "training": ("train", "evaluate"),
     "evaluation": ("evaluate",),
     "prediction": ("predict",),
+    "quantization": ("quantize", "quantization_report"),
+    "chain_tqe": ("train", "quantize", "evaluate", "quantization_report"),
+    "chain_eqe": ("evaluate", "quantize", "evaluate", "quantization_report"),
 })
 """Every available operation_mode and its steps, in order."""
 

@@ -174,9 +174,12 @@ class KerasRunner:
 
     def __init__(self, path: Path) -> None:
         import keras
+        import tensorflow as tf
 
         self.path = Path(path)
         self._model = keras.saving.load_model(str(self.path), compile=False)
+        # A traced graph: eager calls cost several times the model's own compute on small inputs.
+        self._forward = tf.function(lambda x: self._model(x, training=False), reduce_retracing=True)
         if len(self._model.inputs) != 1 or len(self._model.outputs) != 1:
             raise ValueError("expected a model with 1 input and 1 output")
         shape = tuple(self._model.inputs[0].shape)
@@ -191,7 +194,7 @@ class KerasRunner:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """One forward pass over the whole batch (inference mode)."""
         batch = _check_batch(batch, self.input_hw, self.channels, self.path)
-        out = self._model(batch, training=False)
+        out = self._forward(batch)
         return _as_output(np.asarray(out), self.output_kind)
 
 

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Any
 
 from segzoo.config.schema import Config
-from segzoo.data.resolve import DataSpec, data_spec
+from segzoo.data.resolve import DataSpec, data_spec, training_and_validation
 from segzoo.errors import ConfigError, DataError
 from segzoo.tracking import Tracker
 
@@ -28,8 +28,10 @@ class RunContext:
     run_dir: Path
     tracker: Tracker
     model_path: Path | None = None
+    quantization: Any = None
     results: dict[str, Any] = field(default_factory=dict)
     _spec: DataSpec | None = None
+    _evaluation_set: tuple[str, list] | None = None
 
     @property
     def spec(self) -> DataSpec:
@@ -56,36 +58,105 @@ def train(ctx: RunContext) -> None:
 
 
 def evaluate(ctx: RunContext) -> None:
-    """Evaluate the current model on the test set (or validation set) and write the report."""
-    from segzoo.data.loader import scan_samples
-    from segzoo.data.resolve import evaluation_samples
+    """Evaluate the current model (the quantized one after a quantize step) and write its report."""
+    role = "quantized" if ctx.quantization and ctx.model_path == ctx.quantization.path else "model"
+    _evaluate(ctx, _model_path(ctx), role)
+
+
+def _evaluation_samples(ctx: RunContext) -> tuple[str, list]:
+    """The checked images every evaluation of this run uses."""
+    if ctx._evaluation_set is None:
+        from segzoo.data.loader import scan_samples
+        from segzoo.data.resolve import evaluation_samples
+
+        split, samples = evaluation_samples(ctx.spec, ctx.cfg.evaluation.split)
+        samples = scan_samples(samples, ctx.spec.mapper, ctx.spec.dataset.on_bad_sample, desc=f"Checking {split} set")
+        ctx._evaluation_set = (split, samples[: ctx.cfg.evaluation.max_images or None])
+    return ctx._evaluation_set
+
+
+def _evaluate(ctx: RunContext, model_path: Path, role: str) -> dict:
+    """Evaluate ``model_path``; ``role`` is "model" or "quantized" (report file prefix, MLflow names)."""
     from segzoo.evaluation.evaluate import evaluate as run_evaluation
     from segzoo.evaluation.reports import write_evaluation_report
     from segzoo.runners import load_runner
 
     cfg, spec = ctx.cfg, ctx.spec
-    model_path = _model_path(ctx)
-    split, samples = evaluation_samples(spec, cfg.evaluation.split)
-    samples = scan_samples(samples, spec.mapper, spec.dataset.on_bad_sample, desc=f"Checking {split} set")
-    if cfg.evaluation.max_images:
-        samples = samples[: cfg.evaluation.max_images]
+    split, samples = _evaluation_samples(ctx)
     runner = load_runner(model_path, num_threads=cfg.general.num_threads_tflite)
     logger.info("Evaluating %s on %d %s images", model_path, len(samples), split)
     result = run_evaluation(runner, samples, spec.mapper, spec.pp, list(spec.class_names),
                             ignore_index=spec.ignore_index, resolution=cfg.evaluation.resolution,
-                            desc=f"Evaluating on {split}")
-    paths = write_evaluation_report(result, ctx.run_dir, model_path=model_path,
-                                    dataset=spec.describe(split, samples), class_names=list(spec.class_names))
+                            desc=f"Evaluating {model_path.name} on {split}")
+    prefix = "quantized_" if role == "quantized" else ""
+    dataset = spec.describe(split, samples)
+    paths = write_evaluation_report(result, ctx.run_dir, model_path=model_path, dataset=dataset,
+                                    class_names=list(spec.class_names), prefix=prefix)
     m = result.metrics
-    logger.info("mIoU %.2f%%, pixel accuracy %.2f%% on %d images (%s)", 100 * m["miou"], 100 * m["pixel_accuracy"],
-                result.num_images, paths.get("md", ctx.run_dir))
-    ctx.results["evaluation"] = {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"], "split": split}
+    if m["miou"] is None:
+        raise DataError(f"no labelled pixel in the {split} masks: every pixel is dataset.ignore_index or unmapped "
+                        "(check dataset.class_mapping)")
+    logger.info("%s: mIoU %.2f%%, pixel accuracy %.2f%% on %d images (%s)", model_path.name, 100 * m["miou"],
+                100 * m["pixel_accuracy"], result.num_images, paths.get("md", ctx.run_dir))
+    summary = {"model": str(model_path), "miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
+               "per_class_iou": m["per_class_iou"], "split": split, "dataset": dataset}
+    ctx.results[f"{prefix}evaluation"] = summary
     metrics = {"eval_miou": m["miou"], "eval_pixel_accuracy": m["pixel_accuracy"],
                "eval_mean_accuracy": m.get("mean_accuracy"), "eval_images_per_second": result.images_per_second}
     metrics.update({f"eval_iou_{name}": v for name, v in m["per_class_iou"].items() if v is not None})
-    ctx.tracker.log_metrics(metrics)
+    ctx.tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()})
     for path in paths.values():
         ctx.tracker.log_artifact(path, "evaluation")
+    return summary
+
+
+def quantize(ctx: RunContext) -> None:
+    """Quantize the current float model; the quantized .tflite becomes the current model."""
+    from segzoo.quantization.quantize import run_quantization
+
+    float_model = _model_path(ctx)
+    result = run_quantization(ctx.cfg, ctx.spec, float_model, ctx.run_dir, lambda path: _validation_miou(ctx, path))
+    ctx.quantization, ctx.model_path = result, result.path
+    ctx.results["quantization"] = {"model": str(result.path), "float_model": str(float_model),
+                                   "granularity": result.granularity, "float_layers": result.float_layers,
+                                   "seconds": round(result.seconds, 1)}
+    logger.info("Quantized model: %s (%.1f s)", result.path, result.seconds)
+    ctx.tracker.log_model_file(result.path)
+
+
+def _validation_miou(ctx: RunContext, model_path: Path) -> float:
+    """Validation mIoU of a candidate model, for automatic mixed precision (no report written)."""
+    from segzoo.evaluation.evaluate import evaluate as run_evaluation
+    from segzoo.runners import load_runner
+
+    spec, mp = ctx.spec, ctx.cfg.quantization.mixed_precision
+    _, val = training_and_validation(spec)
+    samples = val or _evaluation_samples(ctx)[1]
+    samples = samples[: mp.validation_images or None]
+    runner = load_runner(model_path, num_threads=ctx.cfg.general.num_threads_tflite)
+    result = run_evaluation(runner, samples, spec.mapper, spec.pp, list(spec.class_names),
+                            ignore_index=spec.ignore_index, resolution=ctx.cfg.evaluation.resolution,
+                            desc=f"Validating {model_path.name}")
+    return float(result.metrics["miou"])
+
+
+def quantization_report(ctx: RunContext) -> None:
+    """Compare the float and the quantized model on the same images (evaluating what is missing)."""
+    from segzoo.quantization.report import build_report, report_metrics, write_quantization_report
+
+    if ctx.quantization is None:
+        raise ConfigError("operation_mode: quantization_report needs a quantize step before it")
+    float_eval = ctx.results.get("evaluation") or _evaluate(ctx, ctx.quantization.float_model, "model")
+    quant_eval = ctx.results.get("quantized_evaluation") or _evaluate(ctx, ctx.quantization.path, "quantized")
+    report = build_report(ctx.quantization, float_eval, quant_eval)
+    paths = write_quantization_report(ctx.run_dir, report)
+    logger.info("Float mIoU %.2f%% -> quantized %.2f%% (%s): drop %.2f points; NPU-ready: %s (%s)",
+                100 * report["float"]["miou"], 100 * report["quantized"]["miou"], report["granularity"],
+                report["miou_drop_points"], report["npu_ready"], paths["md"])
+    ctx.results["quantization"].update(miou_drop_points=report["miou_drop_points"], npu_ready=report["npu_ready"])
+    ctx.tracker.log_metrics(report_metrics(report))
+    for path in paths.values():
+        ctx.tracker.log_artifact(path, "quantization")
 
 
 def predict(ctx: RunContext) -> None:
@@ -117,4 +188,5 @@ def _model_path(ctx: RunContext) -> Path:
 
 
 STEPS: MappingProxyType[str, Callable[[RunContext], None]] = MappingProxyType(
-    {"train": train, "evaluate": evaluate, "predict": predict})
+    {"train": train, "evaluate": evaluate, "predict": predict, "quantize": quantize,
+     "quantization_report": quantization_report})

@@ -33,6 +33,7 @@ def check_values(cfg: Config) -> list[str]:
             errors.append(str(exc))
     if cfg.preprocessing.rescaling.scale == 0:
         errors.append("preprocessing.rescaling.scale: must not be 0")
+    errors += _check_quantization_values(cfg)
     if not 0.0 <= cfg.prediction.overlay_alpha <= 1.0:
         errors.append("prediction.overlay_alpha: must be between 0 and 1")
     for key, value in (("evaluation.max_images", cfg.evaluation.max_images),
@@ -40,6 +41,20 @@ def check_values(cfg: Config) -> list[str]:
                        ("general.num_threads_tflite", cfg.general.num_threads_tflite)):
         if value is not None and value < 1:
             errors.append(f"{key}: must be at least 1, got {value}")
+    return errors
+
+
+def _check_quantization_values(cfg: Config) -> list[str]:
+    q, errors = cfg.quantization, []
+    if q.calibration_images < 1:
+        errors.append(f"quantization.calibration_images: must be at least 1, got {q.calibration_images}")
+    mp = q.mixed_precision
+    if mp.max_miou_drop < 0:
+        errors.append(f"quantization.mixed_precision.max_miou_drop: must not be negative, got {mp.max_miou_drop}")
+    if mp.max_float_layers < 1 and mp.auto:
+        errors.append("quantization.mixed_precision.max_float_layers: must be at least 1 with auto")
+    if mp.validation_images is not None and mp.validation_images < 1:
+        errors.append("quantization.mixed_precision.validation_images: must be at least 1")
     return errors
 
 
@@ -138,28 +153,42 @@ def check_mode(cfg: Config) -> list[str]:
     """What the steps of ``operation_mode`` need: keys that must be set and paths that must exist."""
     if cfg.operation_mode not in MODES:
         return []
-    steps = steps_for(cfg.operation_mode)
+    steps, mode = steps_for(cfg.operation_mode), cfg.operation_mode
     errors = _check_paths(cfg)
     synthetic = cfg.dataset.name == SYNTHETIC
+    model_suffix = Path(cfg.general.model_path).suffix.lower() if cfg.general.model_path else None
     if "train" in steps:
         if not synthetic:
-            errors += _require(cfg, ["dataset.training_path", "dataset.training_masks_path", "dataset.class_names"],
-                               "training")
-        if cfg.general.model_path and Path(cfg.general.model_path).suffix == ".tflite":
+            errors += _require(cfg, ["dataset.training_path", "dataset.training_masks_path"], mode)
+        if model_suffix == ".tflite":
             errors.append("general.model_path: a .tflite model cannot be trained; give a .keras or .h5 model")
-    elif "evaluate" in steps:
-        errors += _require(cfg, ["general.model_path"], cfg.operation_mode)
-        if not synthetic:
-            errors += _require(cfg, ["dataset.class_names"], cfg.operation_mode)
-            if not (cfg.dataset.validation_path or cfg.dataset.test_path or cfg.dataset.training_path):
-                errors.append(f"dataset.test_path: {cfg.operation_mode} needs images to evaluate on: set "
-                              "dataset.test_path or dataset.validation_path (with its *_masks_path)")
-    if "predict" in steps:
-        errors += _require(cfg, ["general.model_path", "prediction.test_files_path"], cfg.operation_mode)
-        if not synthetic:
-            errors += _require(cfg, ["dataset.class_names"], cfg.operation_mode)
-    if "evaluate" in steps and cfg.evaluation.split == "test" and not (cfg.dataset.test_path or synthetic):
+    else:
+        errors += _require(cfg, ["general.model_path"], mode)
+    if not synthetic:
+        errors += _require(cfg, ["dataset.class_names"], mode)
+    evaluates = any(s in steps for s in ("evaluate", "quantization_report"))
+    if evaluates and not synthetic and not (cfg.dataset.validation_path or cfg.dataset.test_path
+                                            or cfg.dataset.training_path):
+        errors.append(f"dataset.test_path: {mode} needs images to evaluate on: set dataset.test_path or "
+                      "dataset.validation_path (with its *_masks_path)")
+    if evaluates and cfg.evaluation.split == "test" and not (cfg.dataset.test_path or synthetic):
         errors.append("evaluation.split: 'test' needs dataset.test_path")
+    if "quantize" in steps:
+        errors += _check_quantization(cfg, "train" in steps, model_suffix, synthetic)
+    if "predict" in steps:
+        errors += _require(cfg, ["prediction.test_files_path"], mode)
+    return errors
+
+
+def _check_quantization(cfg: Config, trains: bool, model_suffix: str | None, synthetic: bool) -> list[str]:
+    q, ds, errors = cfg.quantization, cfg.dataset, []
+    if not trains and model_suffix == ".tflite":
+        errors.append("general.model_path: a .tflite model is already converted and cannot be quantized again; "
+                      "give the float .keras or .h5 model")
+    if q.calibration_data == "dataset" and not (ds.quantization_path or ds.training_path or synthetic):
+        errors.append("dataset.quantization_path: quantization needs calibration images: set "
+                      "dataset.quantization_path or dataset.training_path (quantization.calibration_data: random "
+                      "exists for tests only and gives poor models)")
     return errors
 
 

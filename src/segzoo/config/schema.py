@@ -149,6 +149,34 @@ class PredictionConfig:
 
 
 @dataclass
+class MixedPrecisionConfig:
+    """``quantization.mixed_precision``: layers kept in float."""
+
+    float_layers: list[str] = field(default_factory=list)
+    auto: bool = False
+    max_miou_drop: float = 0.5
+    max_float_layers: int = 8
+    validation_images: int | None = None
+
+
+@dataclass
+class QuantizationConfig:
+    """``quantization``: post-training quantization with the TFLite converter."""
+
+    quantizer: Literal["tflite_converter"] = "tflite_converter"
+    quantization_type: Literal["ptq"] = "ptq"
+    granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
+    quantization_input_type: Literal["uint8", "int8", "float"] = "uint8"
+    quantization_output_type: Literal["uint8", "int8", "float"] = "float"
+    calibration_images: int = 100
+    calibration_data: Literal["dataset", "random"] = "dataset"
+    optimize: bool = True
+    target: Literal["stm32mp2", "generic"] = "stm32mp2"
+    export_dir: str = "quantized_models"
+    mixed_precision: MixedPrecisionConfig = field(default_factory=MixedPrecisionConfig)
+
+
+@dataclass
 class MlflowConfig:
     """``mlflow``."""
 
@@ -169,6 +197,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 

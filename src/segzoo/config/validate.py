@@ -85,6 +85,10 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         allowed = typing.get_args(tp)
         if value in allowed and type(value) is type(allowed[0]):
             return value
+        if isinstance(value, str):  # ST writes e.g. "TFlite_converter", "PTQ"
+            by_lower = {str(a).lower(): a for a in allowed}
+            if value.lower() in by_lower:
+                return by_lower[value.lower()]
         close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise _Invalid(f"bad value {_fmt(value)}; allowed values: {', '.join(map(str, allowed))}{hint}")

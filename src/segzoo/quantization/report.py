@@ -1,0 +1,106 @@
+"""The float-vs-quantized comparison: quantization_report.json and quantization_report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segzoo.io import write_json, write_text
+from segzoo.quantization.quantize import QuantizationResult
+
+WORST_LAYERS = 10
+
+
+def build_report(result: QuantizationResult, float_eval: dict, quant_eval: dict) -> dict:
+    """The report's data: accuracy of both models, the drop, and what the quantized file is made of."""
+    inspection = result.inspection
+    per_class = {
+        name: {"float": float_eval["per_class_iou"].get(name), "quantized": quant_eval["per_class_iou"].get(name)}
+        for name in float_eval["per_class_iou"]
+    }
+    return {
+        "float": {"model": str(result.float_model), "size_bytes": result.float_model.stat().st_size,
+                  "miou": float_eval["miou"], "pixel_accuracy": float_eval["pixel_accuracy"]},
+        "quantized": {"model": str(result.path), "size_bytes": inspection["size_bytes"],
+                      "miou": quant_eval["miou"], "pixel_accuracy": quant_eval["pixel_accuracy"]},
+        "miou_drop_points": 100.0 * (float_eval["miou"] - quant_eval["miou"]),
+        "pixel_accuracy_drop_points": 100.0 * (float_eval["pixel_accuracy"] - quant_eval["pixel_accuracy"]),
+        "evaluated_on": quant_eval.get("dataset"),
+        "granularity": result.granularity,
+        "input_type": result.input_type,
+        "output_type": result.output_type,
+        "int8_compute_share": inspection["int8_compute_share"],
+        "has_per_channel": inspection["has_per_channel"],
+        "per_channel_tensors": len(inspection["per_channel_tensors"]),
+        "float_ops": inspection["float_ops"],
+        "float_layers": result.float_layers,
+        "npu_ready": not inspection["has_per_channel"] and not inspection["float_ops"],
+        "op_histogram": inspection["op_histogram"],
+        "worst_layers": result.layer_errors[:WORST_LAYERS],
+        "formatting": result.formatting,
+        "calibration": result.calibration,
+        "mixed_precision_trace": result.mixed_precision_trace,
+        "per_class_iou": per_class,
+        "warnings": result.warnings,
+        "seconds": result.seconds,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def to_markdown(report: dict) -> str:
+    """A readable summary of the report."""
+    f, q = report["float"], report["quantized"]
+    lines = ["# Quantization report", ""]
+    lines += [f"> **Warning:** {w}" for w in report["warnings"]] + ([""] if report["warnings"] else [])
+    lines += [
+        f"- Granularity: **{report['granularity']}**, input {report['input_type']}, output {report['output_type']}",
+        f"- NPU-ready (8-bit per-tensor, no float op): **{'yes' if report['npu_ready'] else 'no'}**; "
+        f"int8 share of compute ops {100 * report['int8_compute_share']:.1f}%, "
+        f"per-channel tensors {report['per_channel_tensors']}",
+        f"- Calibration: {report['calibration'].get('images')} images from the {report['calibration'].get('source')}",
+        f"- Float layers: {', '.join(report['float_layers']) or 'none'}",
+        f"- Formatting: {report['formatting'] or 'off (quantization.optimize: false)'}",
+        "",
+        "| model | file | size (KiB) | mIoU (%) | pixel accuracy (%) |",
+        "|---|---|---:|---:|---:|",
+        f"| float | `{Path(f['model']).name}` | {f['size_bytes'] / 1024:.0f} | {_pct(f['miou'])} | "
+        f"{_pct(f['pixel_accuracy'])} |",
+        f"| quantized | `{Path(q['model']).name}` | {q['size_bytes'] / 1024:.0f} | {_pct(q['miou'])} | "
+        f"{_pct(q['pixel_accuracy'])} |",
+        "",
+        f"**mIoU drop: {report['miou_drop_points']:.2f} points** "
+        f"(pixel accuracy drop {report['pixel_accuracy_drop_points']:.2f} points)",
+        "",
+        "## Per-class IoU (%)",
+        "",
+        "| class | float | quantized |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {_pct(v['float'])} | {_pct(v['quantized'])} |" for name, v in report["per_class_iou"].items()]
+    lines += ["", "## Layers with the largest quantization error", "",
+              "| tensor | op | RMSE / scale | range |", "|---|---|---:|---|"]
+    lines += [f"| `{r['tensor']}` | {r.get('op', '')} | {r['rmse_per_scale']:.3f} | "
+              f"[{r['range'][0]:.3g}, {r['range'][1]:.3g}] |" for r in report["worst_layers"]]
+    if report["mixed_precision_trace"]:
+        lines += ["", "## Mixed-precision search", "", "| float layers | mIoU (%) | drop (points) |", "|---:|---:|---:|"]
+        lines += [f"| {len(t['float_layers'])} | {_pct(t['miou'])} | {100 * t['drop']:.2f} |"
+                  for t in report["mixed_precision_trace"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_quantization_report(run_dir: Path, report: dict) -> dict[str, Path]:
+    """Write the JSON and Markdown reports atomically."""
+    return {"json": write_json(run_dir / "quantization_report.json", report),
+            "md": write_text(run_dir / "quantization_report.md", to_markdown(report))}
+
+
+def report_metrics(report: dict) -> dict[str, float]:
+    """The report's numbers for MLflow."""
+    return {"float_miou": report["float"]["miou"], "quantized_miou": report["quantized"]["miou"],
+            "miou_drop_points": report["miou_drop_points"],
+            "pixel_accuracy_drop_points": report["pixel_accuracy_drop_points"],
+            "int8_compute_share": report["int8_compute_share"],
+            "per_channel_tensors": report["per_channel_tensors"], "float_layers": len(report["float_layers"]),
+            "quantized_size_bytes": report["quantized"]["size_bytes"], "quantization_seconds": report["seconds"]}
