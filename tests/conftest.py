@@ -60,6 +60,7 @@ COCO_TO_VOC = {5: 1, 2: 2, 16: 3, 9: 4, 44: 5, 6: 6, 3: 7, 17: 8, 62: 9, 21: 10,
 def tiny_training_config(tmp: Path, dataset_root: Path, **training) -> dict:
     """The default config shrunk for tests: 64x64 alpha-0.35 DeepLabV3, 3 epochs, 20 evaluation images."""
     cfg = yaml.safe_load((REPO / "user_config.yaml").read_text())
+    cfg["operation_mode"] = "training"
     cfg["dataset"]["root"] = str(dataset_root)
     cfg["training"]["model"].update(input_shape=[64, 64, 3], alpha=0.35, aspp="v2")
     cfg["training"].update({"batch_size": 16, "epochs": 3, "tensorboard": False, **training})

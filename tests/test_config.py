@@ -29,7 +29,7 @@ def errors_of(data: dict) -> str:
 
 def test_default_config_is_valid() -> None:
     cfg = load_config(default_config())
-    assert cfg.operation_mode == "training"
+    assert cfg.operation_mode == "chain_tqe"
     assert cfg.dataset.name == "synthetic_shapes"
     assert cfg.preprocessing.rescaling.scale == pytest.approx(1 / 127.5)
 
@@ -112,6 +112,7 @@ def test_mode_requirements(tmp_path: Path) -> None:
     data["general"]["model_path"] = str(tmp_path / "missing.tflite")
     assert "general.model_path: " in errors_of(data) and "does not exist" in errors_of(data)
     data = default_config()
+    data["operation_mode"] = "training"
     data["dataset"] = {"name": "camvid", "training_path": str(tmp_path)}
     message = errors_of(data)
     assert "dataset.training_masks_path: required" in message
