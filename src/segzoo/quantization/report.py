@@ -61,7 +61,7 @@ def to_markdown(report: dict) -> str:
         f"per-channel tensors {report['per_channel_tensors']}",
         f"- Calibration: {report['calibration'].get('images')} images from the {report['calibration'].get('source')}",
         f"- Float layers: {', '.join(report['float_layers']) or 'none'}",
-        f"- Formatting: {report['formatting'] or 'off (quantization.optimize: false)'}",
+        f"- Formatting: {_formatting(report['formatting'])}",
         "",
         "| model | file | size (KiB) | mIoU (%) | pixel accuracy (%) |",
         "|---|---|---:|---:|---:|",
@@ -80,14 +80,31 @@ def to_markdown(report: dict) -> str:
     ]
     lines += [f"| {name} | {_pct(v['float'])} | {_pct(v['quantized'])} |" for name, v in report["per_class_iou"].items()]
     lines += ["", "## Layers with the largest quantization error", "",
-              "| tensor | op | RMSE / scale | range |", "|---|---|---:|---|"]
-    lines += [f"| `{r['tensor']}` | {r.get('op', '')} | {r['rmse_per_scale']:.3f} | "
+              "RMSE / scale near 0.29 is pure rounding; much larger means the layer quantizes badly. Any name here "
+              "can go into `quantization.mixed_precision.float_layers`.", "",
+              "| layer | op | RMSE / scale | range |", "|---|---|---:|---|"]
+    lines += [f"| `{_layer_name(r)}` | {r.get('op', '')} | {r['rmse_per_scale']:.3f} | "
               f"[{r['range'][0]:.3g}, {r['range'][1]:.3g}] |" for r in report["worst_layers"]]
     if report["mixed_precision_trace"]:
         lines += ["", "## Mixed-precision search", "", "| float layers | mIoU (%) | drop (points) |", "|---:|---:|---:|"]
         lines += [f"| {len(t['float_layers'])} | {_pct(t['miou'])} | {100 * t['drop']:.2f} |"
                   for t in report["mixed_precision_trace"]]
     return "\n".join(lines) + "\n"
+
+
+def _layer_name(row: dict) -> str:
+    """The Keras layer an op comes from (the one that is not a fused activation or padding), else the tensor."""
+    layers = row.get("layers") or [row["tensor"]]
+    main = [name for name in layers if not name.endswith(("_relu", "_pad", "_bn"))]
+    return (main or layers)[0]
+
+
+def _formatting(formatting: dict | None) -> str:
+    if not formatting:
+        return "off (quantization.optimize: false)"
+    return (f"{formatting.get('bn_folded', 0)} batch norms folded, {formatting.get('cle_pairs', 0)} layer pairs "
+            f"equalized in {formatting.get('cle_sweeps', 0)} sweeps, {formatting.get('channel_relus', 0)} ReLU6 "
+            f"turned into per-channel caps, {formatting.get('biases_absorbed', 0)} bias channels absorbed")
 
 
 def write_quantization_report(run_dir: Path, report: dict) -> dict[str, Path]:
