@@ -169,7 +169,14 @@ def _auto_float_layers(cfg: Config, calibrated: bytes, errors: list[dict], float
             logger.info("  %d float layers: mIoU %.2f%%", len(float_layers), 100 * miou)
             return miou
 
-        return mixed.search_float_layers(errors, evaluate_fn, float_miou=float_miou,
-                                         max_miou_drop=mp.max_miou_drop / 100.0,
-                                         max_float_layers=mp.max_float_layers)
+        all_int8 = evaluate_fn([])
+        first = {"float_layers": [], "miou": all_int8, "drop": float_miou - all_int8}
+        first["within_budget"] = first["drop"] <= mp.max_miou_drop / 100.0
+        if first["within_budget"]:
+            logger.info("Mixed precision: the all-int8 model is already within the accepted drop")
+            return [], [first]
+        layers, trace = mixed.search_float_layers(errors, evaluate_fn, float_miou=float_miou,
+                                                  max_miou_drop=mp.max_miou_drop / 100.0,
+                                                  max_float_layers=mp.max_float_layers)
+        return layers, [first, *trace]
 
