@@ -27,3 +27,5 @@ class ModelError(SegzooError):
     """A model that cannot be loaded, built or run as asked."""
 
     exit_code = 4
+
+# Exit code 5: segzoo.remote.RemoteError (SSH to a board).
