@@ -29,7 +29,7 @@ def errors_of(data: dict) -> str:
 
 def test_default_config_is_valid() -> None:
     cfg = load_config(default_config())
-    assert cfg.operation_mode == "chain_tqe"
+    assert cfg.operation_mode == "chain_tqeb"
     assert cfg.dataset.name == "synthetic_shapes"
     assert cfg.preprocessing.rescaling.scale == pytest.approx(1 / 127.5)
 

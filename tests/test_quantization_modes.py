@@ -70,6 +70,9 @@ def test_per_tensor_quantization_report_and_file(tmp_path, dataset_root, float_m
     assert report["miou_drop_points"] == pytest.approx(100 * (float_eval["miou"] - quant_eval["miou"]))
     assert abs(report["miou_drop_points"]) < 5.0
     assert report["formatting"]["bn_folded"] > 0 and report["worst_layers"]
+    # The default formatting adds no op the NPU lacks: only the float output's DEQUANTIZE leaves it.
+    assert report["stm32mp2_estimate"]["npu_pct"] >= 99.0
+    assert set(report["stm32mp2_estimate"]["ops_off_npu"]) <= {"DEQUANTIZE (GPU)"}
     assert "mIoU drop" in (tmp_path / "q" / "quantization_report.md").read_text()
 
 

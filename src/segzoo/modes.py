@@ -14,6 +14,12 @@ MODES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
     "quantization": ("quantize", "quantization_report"),
     "chain_tqe": ("train", "quantize", "evaluate", "quantization_report"),
     "chain_eqe": ("evaluate", "quantize", "evaluate", "quantization_report"),
+    "benchmarking": ("benchmark",),
+    "chain_tqeb": ("train", "quantize", "evaluate", "quantization_report", "benchmark"),
+    "chain_eqeb": ("evaluate", "quantize", "evaluate", "quantization_report", "benchmark"),
+    "chain_qb": ("quantize", "quantization_report", "benchmark"),
+    "deployment": ("deploy",),
+    "chain_qd": ("quantize", "quantization_report", "deploy"),
 })
 """Every available operation_mode and its steps, in order."""
 

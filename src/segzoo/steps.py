@@ -180,6 +180,147 @@ def predict(ctx: RunContext) -> None:
     ctx.tracker.log_artifact(out_dir, "predictions")
 
 
+def benchmark(ctx: RunContext) -> None:
+    """Benchmark the run's models on the configured targets; one comparison table, plots and metrics."""
+    from segzoo.benchmarking.report import benchmark_metrics, benchmark_models, write_benchmark_report
+
+    bench = ctx.cfg.benchmarking
+    paths, names = _benchmark_models(ctx)
+    local_targets = [t for t in bench.targets if t != "board"]
+    rows = benchmark_models(paths, local_targets, names=names, runs=bench.runs, warmup=bench.warmup,
+                            threads=bench.threads, npu_mhz=bench.npu_mhz, rules_path=bench.rules_path)
+    if "board" in bench.targets:
+        rows += [_board_row(ctx, path, name) for path, name in zip(paths, names)]
+    files = write_benchmark_report(rows, ctx.run_dir)
+    for row in rows:
+        if row["error"]:
+            logger.warning("%s on %s: %s", row["model"], row["target"], row["error"])
+        else:
+            logger.info("%s on %s: %.2f ms%s", row["model"], row["target"], row["latency_ms"],
+                        f" ({row['npu_pct']:.1f}% NPU)" if row.get("npu_pct") is not None else "")
+    ctx.results["benchmark"] = {"report": str(files.get("json")), "rows": len(rows),
+                                "failed": sum(bool(r["error"]) for r in rows)}
+    ctx.tracker.log_metrics(benchmark_metrics(rows))
+    for path in files.values():
+        ctx.tracker.log_artifact(path, "benchmark")
+
+
+def _benchmark_models(ctx: RunContext) -> tuple[list[Path], list[str]]:
+    """The models to compare: ``benchmarking.models``, else the float and quantized models of this run.
+
+    A Keras model is benchmarked as its float32 TFLite conversion, so that every row uses the same runtime.
+    """
+    configured = [Path(p) for p in ctx.cfg.benchmarking.models]
+    if configured:
+        models = configured
+    elif ctx.quantization is not None:
+        models = [ctx.quantization.float_model, ctx.quantization.path]
+    else:
+        models = [_model_path(ctx)]
+    paths, names = [], []
+    for model in models:
+        if model.suffix.lower() in (".keras", ".h5"):
+            paths.append(_float_tflite(ctx, model))
+            names.append(f"{model.stem} (float32)")
+        else:
+            paths.append(model)
+            names.append(model.stem)
+    return paths, names
+
+
+def _float_tflite(ctx: RunContext, model: Path) -> Path:
+    """The float32 TFLite conversion of a Keras model, in ``<run>/benchmark/``."""
+    from segzoo.quantization.converter import convert
+    from segzoo.quantization.quantize import load_float_model
+
+    out = ctx.run_dir / "benchmark" / f"{model.stem}_float32.tflite"
+    if not out.exists():
+        convert(load_float_model(model), None, out, input_type="float", output_type="float", quantize=False)
+    return out
+
+
+def _board_row(ctx: RunContext, path: Path, name: str) -> dict:
+    """One table row measured on the real board; a board problem becomes the row's error."""
+    from segzoo.benchmarking.analysis import analyze_model
+    from segzoo.benchmarking.board import benchmark_on_board
+    from segzoo.benchmarking.report import new_row
+    from segzoo.errors import SegzooError
+    from segzoo.remote import BoardTarget
+
+    b = ctx.cfg.benchmarking.board
+    row = new_row(path, "board", name, analyze_model(path))
+    try:
+        target = BoardTarget(host=b.host, port=b.port, user=b.user, identity_file=b.identity_file,
+                             known_hosts=b.known_hosts, strict_host_key_checking=b.strict_host_key_checking)
+        result = benchmark_on_board(path, target, remote_dir=b.remote_dir, runs=ctx.cfg.benchmarking.runs,
+                                    python=b.python)
+    except SegzooError as exc:
+        row["error"] = str(exc)
+        return row
+    row.update(device=f"STM32MP2 board {target.address}", runtime=f"{result['runtime']} ({result['delegate']})",
+               latency_ms=result["median_ms"], latency_p90_ms=result.get("p90_ms"),
+               primary_unit=result.get("delegate"), details=result)
+    return row
+
+
+def deploy(ctx: RunContext) -> None:
+    """Build the application bundle in the run directory and, with a board address, push and verify it."""
+    from segzoo.deployment.bundle import build_bundle
+
+    cfg, dep = ctx.cfg, ctx.cfg.deployment
+    model = _model_path(ctx)
+    if model.suffix.lower() != ".tflite":
+        raise ConfigError(f"general.model_path: deployment needs a .tflite model, got {model.name} "
+                          "(quantize it first: operation_mode chain_qd)")
+    out_dir = ctx.run_dir / "deployment"
+    nb_model = _generate_nb(cfg, model, out_dir)
+    bundle = build_bundle(model, out_dir, class_names=list(ctx.spec.class_names), preprocessing=ctx.spec.pp.to_dict(),
+                          label_file=dep.label_file_path, nb_model=nb_model)
+    ctx.results["deployment"] = {"bundle": str(bundle), "nb_model": str(nb_model) if nb_model else None}
+    ctx.tracker.log_artifact(bundle / "manifest.json", "deployment")
+    if not dep.hardware_setup.ip_address:
+        logger.info("Bundle ready in %s; set deployment.hardware_setup.ip_address to push it to a board", bundle)
+        return
+    from segzoo.deployment.push import deploy as push
+
+    summary = push(bundle, _deploy_target(cfg), dep.board_deploy_path, launch=dep.launch,
+                   launch_args=_launch_args(dep.launch_input, dep.board_deploy_path), timeout=dep.timeout,
+                   python=dep.python)
+    ctx.results["deployment"].update(summary)
+    logger.info("Deployed to %s:%s (verified on the board)%s", summary["host"], summary["remote_path"],
+                "; launched" if summary.get("launched") else "")
+
+
+def _generate_nb(cfg: Config, model: Path, out_dir: Path) -> Path | None:
+    """The NPU network binary from ST Edge AI Core, when its path is configured."""
+    tool = cfg.tools.stedgeai.path_to_stedgeai
+    if not tool:
+        return None
+    from segzoo.deployment.stedgeai import generate_nb
+
+    return generate_nb(model, tool, out_dir / "stedgeai")
+
+
+def _deploy_target(cfg: Config):
+    """The board of ``deployment.hardware_setup`` (host key checked unless explicitly turned off)."""
+    from segzoo.remote import BoardTarget
+
+    hw = cfg.deployment.hardware_setup
+    return BoardTarget(host=hw.ip_address, port=hw.port, user=hw.user, identity_file=hw.identity_file,
+                       known_hosts=hw.known_hosts,
+                       strict_host_key_checking=cfg.deployment.strict_host_key_checking)
+
+
+def _launch_args(launch_input: str | None, board_deploy_path: str) -> list[str]:
+    """Arguments of the launched application: a camera device, or images with results beside the app."""
+    if not launch_input:
+        return []
+    if launch_input == "camera" or launch_input.startswith("/dev/video"):
+        device = "/dev/video0" if launch_input == "camera" else launch_input
+        return ["--camera", device, "--max-frames", "30"]
+    return ["--input", launch_input, "--output", board_deploy_path.rstrip("/") + "_results"]
+
+
 def _model_path(ctx: RunContext) -> Path:
     path = ctx.model_path or ctx.cfg.general.model_path
     if not path:
@@ -189,4 +330,4 @@ def _model_path(ctx: RunContext) -> Path:
 
 STEPS: MappingProxyType[str, Callable[[RunContext], None]] = MappingProxyType(
     {"train": train, "evaluate": evaluate, "predict": predict, "quantize": quantize,
-     "quantization_report": quantization_report})
+     "quantization_report": quantization_report, "benchmark": benchmark, "deploy": deploy})

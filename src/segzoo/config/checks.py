@@ -162,9 +162,10 @@ def check_mode(cfg: Config) -> list[str]:
             errors += _require(cfg, ["dataset.training_path", "dataset.training_masks_path"], mode)
         if model_suffix == ".tflite":
             errors.append("general.model_path: a .tflite model cannot be trained; give a .keras or .h5 model")
-    else:
+    elif not (steps == ("benchmark",) and cfg.benchmarking.models):
         errors += _require(cfg, ["general.model_path"], mode)
-    if not synthetic:
+    needs_classes = any(step != "benchmark" for step in steps)
+    if not synthetic and needs_classes:
         errors += _require(cfg, ["dataset.class_names"], mode)
     evaluates = any(s in steps for s in ("evaluate", "quantization_report"))
     if evaluates and not synthetic and not (cfg.dataset.validation_path or cfg.dataset.test_path
@@ -177,6 +178,19 @@ def check_mode(cfg: Config) -> list[str]:
         errors += _check_quantization(cfg, "train" in steps, model_suffix, synthetic)
     if "predict" in steps:
         errors += _require(cfg, ["prediction.test_files_path"], mode)
+    if "benchmark" in steps:
+        if "board" in cfg.benchmarking.targets:
+            errors += _require(cfg, ["benchmarking.board.host"], f"{mode} with the board target")
+        for i, model in enumerate(cfg.benchmarking.models):
+            errors += _exists(f"benchmarking.models[{i}]", model, "file")
+        errors += _exists("benchmarking.rules_path", cfg.benchmarking.rules_path, "file")
+    if "deploy" in steps:
+        if "quantize" not in steps and model_suffix not in (None, ".tflite"):
+            errors.append("general.model_path: deployment needs a .tflite model (or use operation_mode chain_qd)")
+        errors += _exists("deployment.label_file_path", cfg.deployment.label_file_path, "file")
+        errors += _exists("tools.stedgeai.path_to_stedgeai", cfg.tools.stedgeai.path_to_stedgeai, "file")
+        if cfg.deployment.launch and not cfg.deployment.hardware_setup.ip_address:
+            errors.append("deployment.launch: needs deployment.hardware_setup.ip_address")
     return errors
 
 

@@ -171,9 +171,80 @@ class QuantizationConfig:
     calibration_images: int = 100
     calibration_data: Literal["dataset", "random"] = "dataset"
     optimize: bool = True
+    relu6_equalization: Literal["skip", "clip"] = "skip"
     target: Literal["stm32mp2", "generic"] = "stm32mp2"
     export_dir: str = "quantized_models"
     mixed_precision: MixedPrecisionConfig = field(default_factory=MixedPrecisionConfig)
+
+
+@dataclass
+class BoardConfig:
+    """``benchmarking.board``: a real STM32MP2 board reached over SSH (key-based)."""
+
+    host: str | None = None
+    port: int = 22
+    user: str = "root"
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    strict_host_key_checking: bool = True
+    remote_dir: str = "/tmp/segzoo_bench"
+    python: str = "python3"
+
+
+@dataclass
+class BenchmarkingConfig:
+    """``benchmarking``: where and how models are timed."""
+
+    targets: list[Literal["host", "stm32mp2_estimate", "board"]] = field(
+        default_factory=lambda: ["host", "stm32mp2_estimate"])
+    models: list[str] = field(default_factory=list)
+    runs: int = 50
+    warmup: int = 5
+    threads: int | None = None
+    npu_mhz: Literal[800, 900] = 800
+    rules_path: str | None = None
+    board: BoardConfig = field(default_factory=BoardConfig)
+
+
+@dataclass
+class HardwareSetupConfig:
+    """``deployment.hardware_setup``: the board to deploy to."""
+
+    serie: Literal["STM32MP2"] = "STM32MP2"
+    board: str = "STM32MP257F-EV1"
+    ip_address: str | None = None
+    port: int = 22
+    user: str = "root"
+    identity_file: str | None = None
+    known_hosts: str | None = None
+
+
+@dataclass
+class DeploymentConfig:
+    """``deployment``: the application bundle and where it goes."""
+
+    hardware_setup: HardwareSetupConfig = field(default_factory=HardwareSetupConfig)
+    board_deploy_path: str = "/usr/local/segzoo"
+    label_file_path: str | None = None
+    launch: bool = False
+    launch_input: str | None = None
+    strict_host_key_checking: bool = True
+    timeout: float = 120.0
+    python: str = "python3"
+
+
+@dataclass
+class StEdgeAiConfig:
+    """``tools.stedgeai``: ST Edge AI Core, for the NPU network binary (.nb)."""
+
+    path_to_stedgeai: str | None = None
+
+
+@dataclass
+class ToolsConfig:
+    """``tools``: external tools."""
+
+    stedgeai: StEdgeAiConfig = field(default_factory=StEdgeAiConfig)
 
 
 @dataclass
@@ -198,6 +269,9 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    benchmarking: BenchmarkingConfig = field(default_factory=BenchmarkingConfig)
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 

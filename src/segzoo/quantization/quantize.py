@@ -46,6 +46,7 @@ class QuantizationResult:
     mixed_precision_trace: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stm32mp2: dict | None = None
 
 
 def calibration_samples(cfg: Config, spec: DataSpec) -> tuple[list[Sample], str]:
@@ -131,7 +132,7 @@ def run_quantization(cfg: Config, spec: DataSpec, float_model: Path, run_dir: Pa
         warnings.append(PER_CHANNEL_WARNING)
     formatting = None
     if q.optimize:
-        model, formatting = optimize_for_per_tensor(model, batch[:LAYER_ERROR_IMAGES])
+        model, formatting = optimize_for_per_tensor(model, batch[:LAYER_ERROR_IMAGES], relu6=q.relu6_equalization)
         logger.info("Formatting for per-tensor quantization: %s", formatting)
     calibrated = converter.calibrate(model, representative(batch))
     errors = mixed.layer_errors(model, representative(batch, LAYER_ERROR_IMAGES), granularity=q.granularity,
@@ -143,11 +144,25 @@ def run_quantization(cfg: Config, spec: DataSpec, float_model: Path, run_dir: Pa
     converter.convert_calibrated(calibrated, out_path, granularity=q.granularity,
                                  input_type=q.quantization_input_type, output_type=q.quantization_output_type,
                                  float_layers=float_layers)
+    placement = stm32mp2_placement(out_path) if q.target == "stm32mp2" else None
     return QuantizationResult(path=out_path, float_model=float_model, granularity=q.granularity,
                               input_type=q.quantization_input_type, output_type=q.quantization_output_type,
                               float_layers=float_layers, calibration=calibration, formatting=formatting,
                               layer_errors=errors, inspection=inspect_tflite(out_path),
-                              mixed_precision_trace=trace, warnings=warnings, seconds=time.perf_counter() - start)
+                              mixed_precision_trace=trace, warnings=warnings, seconds=time.perf_counter() - start,
+                              stm32mp2=placement)
+
+
+def stm32mp2_placement(path: Path) -> dict:
+    """Where the STM32MP2 would run the quantized model (static estimate), and which ops leave the NPU."""
+    from collections import Counter
+
+    from segzoo.benchmarking.estimate import estimate_stm32mp2
+
+    estimate = estimate_stm32mp2(path)
+    off_npu = Counter(f"{op['name']} ({op['unit']})" for op in estimate["ops"] if op["unit"] != "NPU")
+    return {"npu_pct": estimate["npu_pct"], "gpu_pct": estimate["gpu_pct"], "cpu_pct": estimate["cpu_pct"],
+            "latency_ms": estimate["latency_ms"], "ops_off_npu": dict(off_npu)}
 
 
 def _auto_float_layers(cfg: Config, calibrated: bytes, errors: list[dict], float_model: Path,

@@ -34,6 +34,7 @@ def build_report(result: QuantizationResult, float_eval: dict, quant_eval: dict)
         "float_ops": inspection["float_ops"],
         "float_layers": result.float_layers,
         "npu_ready": not inspection["has_per_channel"] and not inspection["float_ops"],
+        "stm32mp2_estimate": result.stm32mp2,
         "op_histogram": inspection["op_histogram"],
         "worst_layers": result.layer_errors[:WORST_LAYERS],
         "formatting": result.formatting,
@@ -59,6 +60,7 @@ def to_markdown(report: dict) -> str:
         f"- NPU-ready (8-bit per-tensor, no float op): **{'yes' if report['npu_ready'] else 'no'}**; "
         f"int8 share of compute ops {100 * report['int8_compute_share']:.1f}%, "
         f"per-channel tensors {report['per_channel_tensors']}",
+        *_placement_lines(report.get("stm32mp2_estimate")),
         f"- Calibration: {report['calibration'].get('images')} images from the {report['calibration'].get('source')}",
         f"- Float layers: {', '.join(report['float_layers']) or 'none'}",
         f"- Formatting: {_formatting(report['formatting'])}",
@@ -92,6 +94,15 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _placement_lines(estimate: dict | None) -> list[str]:
+    if not estimate:
+        return []
+    off = ", ".join(f"{name} x{count}" for name, count in estimate["ops_off_npu"].items()) or "none"
+    return [f"- STM32MP2 estimate: {estimate['npu_pct']:.1f}% NPU, {estimate['gpu_pct']:.1f}% GPU, "
+            f"{estimate['cpu_pct']:.1f}% CPU (time shares), about {estimate['latency_ms']:.1f} ms; ops off the NPU: "
+            f"{off}"]
+
+
 def _layer_name(row: dict) -> str:
     """The Keras layer an op comes from (the one that is not a fused activation or padding), else the tensor."""
     layers = row.get("layers") or [row["tensor"]]
@@ -120,4 +131,7 @@ def report_metrics(report: dict) -> dict[str, float]:
             "pixel_accuracy_drop_points": report["pixel_accuracy_drop_points"],
             "int8_compute_share": report["int8_compute_share"],
             "per_channel_tensors": report["per_channel_tensors"], "float_layers": len(report["float_layers"]),
-            "quantized_size_bytes": report["quantized"]["size_bytes"], "quantization_seconds": report["seconds"]}
+            "quantized_size_bytes": report["quantized"]["size_bytes"], "quantization_seconds": report["seconds"],
+            **({"stm32mp2_npu_pct": report["stm32mp2_estimate"]["npu_pct"],
+                "stm32mp2_estimated_ms": report["stm32mp2_estimate"]["latency_ms"]}
+               if report.get("stm32mp2_estimate") else {})}
