@@ -158,6 +158,64 @@ def restore_logits(logits: np.ndarray, placement: Placement) -> np.ndarray:
     return _resize(_window(full, placement.content), (ch, cw), cv2.INTER_LINEAR)
 
 
+BOUNDARY_FRACTION = 0.1
+"""Above this share of boundary pixels, resize_argmax resizes all channels instead."""
+UPSAMPLING_FOR_BOUNDARY_PATH = 2.0
+"""resize_argmax interpolates only boundary pixels when the output has at least this many times the pixels."""
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weight of OpenCV's INTER_LINEAR along one axis (half-pixel centres, edge clamped)."""
+    f = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    i0 = np.floor(f).astype(np.int64)
+    w = (f - i0).astype(np.float32)
+    low, high = i0 < 0, i0 >= n_in - 1
+    w[low | high] = 0.0
+    i0 = np.clip(i0, 0, n_in - 1)
+    return i0, np.minimum(i0 + 1, n_in - 1), w
+
+
+def _argmax_of_resized(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    return np.argmax(_resize(scores.astype(np.float32, copy=False), hw, cv2.INTER_LINEAR), axis=-1).astype(np.int32)
+
+
+def resize_argmax(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``argmax`` of the bilinearly resized HxWxC scores (int32 labels of size ``hw``).
+
+    When upsampling by a good factor, not every channel is resized: where the four source pixels of an
+    output pixel share one arg-max, a convex combination of them has that arg-max too, so only pixels on
+    class boundaries are interpolated (all channels, with OpenCV's bilinear taps). Otherwise, or when the
+    scores are too noisy for that to pay, all channels are resized with OpenCV.
+    """
+    if hw[0] * hw[1] < UPSAMPLING_FOR_BOUNDARY_PATH * scores.shape[0] * scores.shape[1]:
+        return _argmax_of_resized(scores, hw)
+    labels = np.argmax(scores, axis=-1).astype(np.int32)
+    y0, y1, wy = _linear_taps(scores.shape[0], hw[0])
+    x0, x1, wx = _linear_taps(scores.shape[1], hw[1])
+    rows0, rows1 = labels[y0], labels[y1]
+    l00, l01, l10, l11 = rows0[:, x0], rows0[:, x1], rows1[:, x0], rows1[:, x1]
+    out = l00
+    ys, xs = np.nonzero((l00 != l01) | (l00 != l10) | (l00 != l11))
+    if ys.size > BOUNDARY_FRACTION * out.size:  # noisy scores: resizing every channel is cheaper
+        return _argmax_of_resized(scores, hw)
+    if ys.size:
+        sy0, sy1, sx0, sx1 = y0[ys], y1[ys], x0[xs], x1[xs]
+        fy, fx = wy[ys, None], wx[xs, None]
+        top = scores[sy0, sx0] * (1 - fx) + scores[sy0, sx1] * fx
+        bottom = scores[sy1, sx0] * (1 - fx) + scores[sy1, sx1] * fx
+        out[ys, xs] = np.argmax(top * (1 - fy) + bottom * fy, axis=-1)
+    return out
+
+
+def restore_argmax(scores: np.ndarray, placement: Placement) -> np.ndarray:
+    """Labels of HxWxC scores at any resolution, restored bilinearly onto the used window of the original."""
+    full = scores
+    if scores.shape[:2] != placement.input_hw or placement.content[2:] != placement.input_hw:
+        full = _window(_resize(scores.astype(np.float32, copy=False), placement.input_hw, cv2.INTER_LINEAR),
+                       placement.content)
+    return resize_argmax(full, placement.crop[2:])
+
+
 def restore_labels(labels: np.ndarray, placement: Placement) -> np.ndarray:
     """Map an HxW label map at any resolution back onto the used window of the original image (nearest)."""
     full = _resize(labels, placement.input_hw, cv2.INTER_NEAREST_EXACT)

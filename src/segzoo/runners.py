@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from segzoo.errors import ModelError
-from segzoo.preprocess import Placement, compute_placement, restore_labels, restore_logits
+from segzoo.preprocess import Placement, compute_placement, restore_argmax, restore_labels, restore_logits
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +231,11 @@ def to_labels(output: np.ndarray, output_kind: str, placement: Placement) -> np.
     """
     if output_kind == "labels":
         return restore_labels(output.astype(np.int32, copy=False), placement)
+    if output_kind == "logits":
+        return restore_argmax(output, placement)
     scores = restore_logits(output, placement)
     if output_kind == "sigmoid":
         return (scores[..., 0] > 0.5).astype(np.int32)
-    if output_kind == "logits":
-        return np.argmax(scores, axis=-1).astype(np.int32)
     raise ValueError(f"unknown output kind {output_kind!r}; expected one of {OUTPUT_KINDS}")
 
 
