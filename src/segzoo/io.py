@@ -51,6 +51,14 @@ def write_with(path: str | Path, writer: Callable[[Path], Any]) -> Path:
     return Path(path)
 
 
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Save a matplotlib Figure as PNG atomically, then free it."""
+    try:
+        return write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        fig.clear()
+
+
 def _json_default(obj: Any) -> Any:
     """JSON encoder for NumPy scalars and arrays and paths."""
     if hasattr(obj, "tolist"):

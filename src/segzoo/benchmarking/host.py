@@ -28,7 +28,6 @@ import logging
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time

@@ -27,7 +27,7 @@ from segzoo.benchmarking.estimate import estimate_stm32mp2
 from segzoo.benchmarking.host import TARGET as HOST_TARGET
 from segzoo.benchmarking.host import benchmark_host
 from segzoo.errors import ConfigError, SegzooError
-from segzoo.io import write_json, write_text, write_with
+from segzoo.io import save_figure, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -251,13 +251,6 @@ def placement_figure(rows: list[dict]) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    try:
-        return write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        fig.clear()
-
-
 # ---------------------------------------------------------------------------------------------- outputs
 def write_benchmark_report(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
     """Write ``benchmark_report.json``/``.md``, ``benchmark_latency.png`` and ``benchmark_placement.png``."""
@@ -265,8 +258,8 @@ def write_benchmark_report(rows: list[dict], out_dir: str | Path) -> dict[str, P
     return {
         "json": write_json(out_dir / "benchmark_report.json", {"rows": rows, "metrics": benchmark_metrics(rows)}),
         "md": write_text(out_dir / "benchmark_report.md", report_markdown(rows)),
-        "latency_plot": _save(latency_figure(rows), out_dir / "benchmark_latency.png"),
-        "placement_plot": _save(placement_figure(rows), out_dir / "benchmark_placement.png"),
+        "latency_plot": save_figure(latency_figure(rows), out_dir / "benchmark_latency.png"),
+        "placement_plot": save_figure(placement_figure(rows), out_dir / "benchmark_placement.png"),
     }
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from segzoo.io import write_json, write_text, write_with
+from segzoo.io import save_figure, write_json, write_text
 
 if TYPE_CHECKING:
     from segzoo.evaluation.evaluate import EvaluationResult
@@ -112,13 +112,6 @@ def iou_figure(per_class_iou: dict[str, float | None], miou: float | None) -> Fi
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    try:
-        return write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        fig.clear()
-
-
 def write_evaluation_report(result: EvaluationResult, out_dir: Path, *, model_path: str | Path, dataset: dict,
                             class_names: list[str], prefix: str = "") -> dict[str, Path]:
     """Write ``{prefix}evaluation_report.json/.md``, ``{prefix}confusion_matrix.png`` and ``{prefix}per_class_iou.png``."""
@@ -127,8 +120,8 @@ def write_evaluation_report(result: EvaluationResult, out_dir: Path, *, model_pa
     return {
         "json": write_json(out_dir / f"{prefix}evaluation_report.json", report),
         "md": write_text(out_dir / f"{prefix}evaluation_report.md", report_markdown(report)),
-        "confusion_matrix": _save(confusion_figure(result.confusion, class_names),
+        "confusion_matrix": save_figure(confusion_figure(result.confusion, class_names),
                                   out_dir / f"{prefix}confusion_matrix.png"),
-        "per_class_iou": _save(iou_figure(result.metrics["per_class_iou"], result.metrics["miou"]),
+        "per_class_iou": save_figure(iou_figure(result.metrics["per_class_iou"], result.metrics["miou"]),
                                out_dir / f"{prefix}per_class_iou.png"),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from segzoo.io import write_with
+from segzoo.io import save_figure
 
 
 def plot_training_curves(csv_path: Path, out_path: Path) -> Path | None:
@@ -28,4 +28,4 @@ def plot_training_curves(csv_path: Path, out_path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    return write_with(out_path, lambda tmp: fig.savefig(tmp))
+    return save_figure(fig, out_path)
