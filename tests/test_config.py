@@ -168,3 +168,12 @@ def test_typo_in_yaml_fails_fast(tmp_path: Path) -> None:
     assert "general.projet_name: unknown key; did you mean general.project_name?" in output
     assert "training.epochs: expected an integer, got 'ten'" in output
     assert "oneDNN" not in output  # TensorFlow never started
+
+
+def test_board_key_files_checked_up_front(tmp_path: Path) -> None:
+    data = default_config()
+    data["operation_mode"] = "deployment"
+    data["general"]["model_path"] = str(tmp_path / "m.tflite")
+    (tmp_path / "m.tflite").write_bytes(b"")
+    data["deployment"] = {"hardware_setup": {"ip_address": "10.0.0.2", "identity_file": str(tmp_path / "nokey")}}
+    assert "deployment.hardware_setup.identity_file: " in errors_of(data)

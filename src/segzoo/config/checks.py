@@ -181,6 +181,7 @@ def check_mode(cfg: Config) -> list[str]:
     if "benchmark" in steps:
         if "board" in cfg.benchmarking.targets:
             errors += _require(cfg, ["benchmarking.board.host"], f"{mode} with the board target")
+            errors += _ssh_files("benchmarking.board", cfg.benchmarking.board)
         for i, model in enumerate(cfg.benchmarking.models):
             errors += _exists(f"benchmarking.models[{i}]", model, "file")
         errors += _exists("benchmarking.rules_path", cfg.benchmarking.rules_path, "file")
@@ -191,6 +192,8 @@ def check_mode(cfg: Config) -> list[str]:
         errors += _exists("tools.stedgeai.path_to_stedgeai", cfg.tools.stedgeai.path_to_stedgeai, "file")
         if cfg.deployment.launch and not cfg.deployment.hardware_setup.ip_address:
             errors.append("deployment.launch: needs deployment.hardware_setup.ip_address")
+        if cfg.deployment.hardware_setup.ip_address:
+            errors += _ssh_files("deployment.hardware_setup", cfg.deployment.hardware_setup)
     return errors
 
 
@@ -203,6 +206,16 @@ def _check_quantization(cfg: Config, trains: bool, model_suffix: str | None, syn
         errors.append("dataset.quantization_path: quantization needs calibration images: set "
                       "dataset.quantization_path or dataset.training_path (quantization.calibration_data: random "
                       "exists for tests only and gives poor models)")
+    return errors
+
+
+def _ssh_files(section: str, board: object) -> list[str]:
+    """The key and known_hosts files of a board section must exist when given (``~`` expanded)."""
+    errors = []
+    for key in ("identity_file", "known_hosts"):
+        value = getattr(board, key)
+        if value and not Path(value).expanduser().is_file():
+            errors.append(f"{section}.{key}: {value!r} does not exist")
     return errors
 
 
