@@ -26,6 +26,7 @@ def chain_config(tmp: Path, dataset_root: Path, model: Path, mode: str) -> dict:
 
 def test_chain_qb_compares_float_and_int8(tmp_path, dataset_root, trained_run) -> None:
     cfg = chain_config(tmp_path, dataset_root, trained_run[0] / "saved_models" / "best_model.keras", "chain_qb")
+    (tmp_path / "kh").write_text("")
     cfg["benchmarking"] = {"targets": ["host", "stm32mp2_estimate", "board"], "runs": 5, "warmup": 1,
                            "board": {"host": "127.0.0.1", "port": 9, "known_hosts": str(tmp_path / "kh")}}
     run(cfg, run_dir=tmp_path / "qb")
