@@ -190,7 +190,8 @@ def benchmark(ctx: RunContext) -> None:
     rows = benchmark_models(paths, local_targets, names=names, runs=bench.runs, warmup=bench.warmup,
                             threads=bench.threads, npu_mhz=bench.npu_mhz, rules_path=bench.rules_path)
     if "board" in bench.targets:
-        rows += [_board_row(ctx, path, name) for path, name in zip(paths, names)]
+        analysed = {r["path"]: r["analysis"] for r in rows if r.get("analysis")}
+        rows += [_board_row(ctx, path, name, analysed.get(str(path))) for path, name in zip(paths, names)]
     files = write_benchmark_report(rows, ctx.run_dir)
     for row in rows:
         if row["error"]:
@@ -239,7 +240,7 @@ def _float_tflite(ctx: RunContext, model: Path) -> Path:
     return out
 
 
-def _board_row(ctx: RunContext, path: Path, name: str) -> dict:
+def _board_row(ctx: RunContext, path: Path, name: str, analysis: dict | None) -> dict:
     """One table row measured on the real board; a board problem becomes the row's error."""
     from segzoo.benchmarking.analysis import analyze_model
     from segzoo.benchmarking.board import benchmark_on_board
@@ -248,7 +249,7 @@ def _board_row(ctx: RunContext, path: Path, name: str) -> dict:
     from segzoo.remote import BoardTarget
 
     b = ctx.cfg.benchmarking.board
-    row = new_row(path, "board", name, analyze_model(path))
+    row = new_row(path, "board", name, analysis or analyze_model(path))
     try:
         target = BoardTarget(host=b.host, port=b.port, user=b.user, identity_file=b.identity_file,
                              known_hosts=b.known_hosts, strict_host_key_checking=b.strict_host_key_checking)
