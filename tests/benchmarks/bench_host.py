@@ -30,27 +30,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quantization import load_images, representative  # noqa: E402
+from bench_quantization import build_random, load_images, representative  # noqa: E402
 
 from segzoo.benchmarking.host import HostModel, benchmark_host, latency_stats, time_invocations  # noqa: E402
-
-
-def build_random(size: int, alpha: float, aspp: str, upsample: bool = True, num_classes: int = 21):
-    """Registry DeepLabV3 with random weights and randomized BatchNorm statistics (seeded)."""
-    import keras
-
-    from segzoo.models.registry import build_model
-
-    keras.utils.set_random_seed(0)
-    model = build_model("deeplab_v3", input_shape=(size, size, 3), num_classes=num_classes, alpha=alpha, aspp=aspp,
-                        upsample=upsample)
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights([rng.lognormal(0, 0.5, c), rng.normal(0.2, 0.5, c), rng.normal(0, 0.3, c),
-                               rng.lognormal(0, 1.5, c) ** 2])
-    return model
 
 
 def convert_pair(model, size: int, out: Path, images: int = 16) -> tuple[Path, Path]:

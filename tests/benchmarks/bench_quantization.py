@@ -59,13 +59,15 @@ def representative(images: np.ndarray):
     return generate
 
 
-def build(size: int):
+def build_random(size: int, alpha: float = 0.5, aspp: str = "v1", upsample: bool = True, num_classes: int = 21):
+    """A registry DeepLabV3 with seeded random weights and widely spread BatchNorm statistics."""
     import keras
 
     from segzoo.models.registry import build_model
 
     keras.utils.set_random_seed(0)
-    model = build_model("deeplab_v3", input_shape=(size, size, 3), num_classes=21, alpha=0.5, aspp="v1")
+    model = build_model("deeplab_v3", input_shape=(size, size, 3), num_classes=num_classes, alpha=alpha, aspp=aspp,
+                        upsample=upsample)
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -116,7 +118,7 @@ def main() -> None:
     images, source = load_images(args.images, args.size)
     print(f"DeepLabV3 a0.5 v1 {args.size}x{args.size}, {len(images)} calibration images ({source}), "
           f"{os.cpu_count()} CPUs")
-    model, _ = timed("build model", build, args.size)
+    model, _ = timed("build model", build_random, args.size)
     out = Path(tempfile.mkdtemp(prefix="segzoo_bench_quant_"))
     rep = representative(images)
     (optimized, report), t_opt = timed("optimize_for_per_tensor (no calibration)", optimize_for_per_tensor, model)
