@@ -198,8 +198,8 @@ class KerasRunner:
         return _as_output(np.asarray(out), self.output_kind)
 
 
-def load_runner(path: str | Path, num_threads: int | None = None) -> Runner:
-    """Load a ``.keras``/``.h5`` or ``.tflite`` model; any failure is a ModelError naming the file."""
+def check_model_file(path: str | Path) -> Path:
+    """The path of an existing .keras/.h5/.tflite file; ModelError naming the file otherwise."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in KERAS_SUFFIXES + TFLITE_SUFFIXES:
@@ -207,6 +207,13 @@ def load_runner(path: str | Path, num_threads: int | None = None) -> Runner:
                          f"expected one of {', '.join(KERAS_SUFFIXES + TFLITE_SUFFIXES)}")
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
+    return path
+
+
+def load_runner(path: str | Path, num_threads: int | None = None) -> Runner:
+    """Load a ``.keras``/``.h5`` or ``.tflite`` model; any failure is a ModelError naming the file."""
+    path = check_model_file(path)
+    suffix = path.suffix.lower()
     try:
         runner: Runner = TFLiteRunner(path, num_threads) if suffix in TFLITE_SUFFIXES else KerasRunner(path)
     except ModelError:

@@ -41,6 +41,7 @@ import numpy as np
 
 from segzoo.errors import ModelError
 from segzoo.quantization.inspect import _load, _scales, _tensor, _tensor_table, inspect_tflite
+from segzoo.runners import TFLITE_SUFFIXES, check_model_file
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ SHAPE_OPS = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS"})
 REDUCE_OPS = frozenset({"MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD", "REDUCE_ANY",
                         "AVERAGE_POOL_2D", "MAX_POOL_2D", "L2_POOL_2D"})
 """Ops whose elementwise work is counted per input element."""
-KERAS_SUFFIXES = (".keras", ".h5")
-TFLITE_SUFFIXES = (".tflite",)
 
 
 # ------------------------------------------------------------------------------------------------- tensors
@@ -268,11 +267,5 @@ def analyze_keras(path: str | Path) -> dict:
 
 def analyze_model(path: str | Path) -> dict:
     """:func:`analyze_tflite` or :func:`analyze_keras` by file suffix; ModelError for a missing or unknown file."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in TFLITE_SUFFIXES + KERAS_SUFFIXES:
-        raise ModelError(f"{path}: unsupported model format {suffix or '(no suffix)'!r}; "
-                         f"expected one of {', '.join(TFLITE_SUFFIXES + KERAS_SUFFIXES)}")
-    if not path.is_file():
-        raise ModelError(f"{path}: model file not found")
-    return analyze_tflite(path) if suffix in TFLITE_SUFFIXES else analyze_keras(path)
+    path = check_model_file(path)
+    return analyze_tflite(path) if path.suffix.lower() in TFLITE_SUFFIXES else analyze_keras(path)

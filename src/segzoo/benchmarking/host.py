@@ -37,12 +37,11 @@ from typing import Any
 import numpy as np
 
 from segzoo.errors import ModelError, SegzooError
+from segzoo.runners import KERAS_SUFFIXES, TFLITE_SUFFIXES, check_model_file
 
 log = logging.getLogger(__name__)
 
 TARGET = "host"
-KERAS_SUFFIXES = (".keras", ".h5")
-TFLITE_SUFFIXES = (".tflite",)
 RESULT_MARKER = "SEGZOO_HOST_BENCHMARK "
 DEFAULT_BLOCKS = 5
 
@@ -57,14 +56,6 @@ def random_input(shape: list[int] | tuple[int, ...], dtype: Any, seed: int = 0) 
         info = np.iinfo(dtype)
         return rng.integers(info.min, int(info.max) + 1, size=shape, dtype=dtype)
     return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
-
-
-def _check_path(path: Path) -> None:
-    if path.suffix.lower() not in TFLITE_SUFFIXES + KERAS_SUFFIXES:
-        raise ModelError(f"{path}: unsupported model format {path.suffix or '(no suffix)'!r}; "
-                         f"expected one of {', '.join(TFLITE_SUFFIXES + KERAS_SUFFIXES)}")
-    if not path.is_file():
-        raise ModelError(f"{path}: model file not found")
 
 
 def _version(package: str) -> str:
@@ -82,7 +73,7 @@ class HostModel:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
-        _check_path(self.path)
+        check_model_file(self.path)
         self.threads = int(threads or os.cpu_count() or 1)
         try:
             if self.path.suffix.lower() in TFLITE_SUFFIXES:
@@ -206,7 +197,7 @@ def measure_in_process(path: str | Path, *, runs: int = 50, warmup: int = 5, thr
                        blocks: int = DEFAULT_BLOCKS) -> dict:
     """The whole host measurement in this process (what the child of :func:`benchmark_host` runs)."""
     path = Path(path)
-    _check_path(path)
+    check_model_file(path)
     threads = int(threads or os.cpu_count() or 1)
     _import_runtime(path)
     _set_tf_threads(path, threads)
@@ -277,7 +268,7 @@ def benchmark_host(path: str | Path, *, runs: int = 50, warmup: int = 5, threads
     loaded or run.
     """
     path = Path(path)
-    _check_path(path)
+    check_model_file(path)
     if runs < 1 or warmup < 0:
         raise ModelError(f"{path}: host benchmark needs runs >= 1 and warmup >= 0 (got {runs}, {warmup})")
     cmd = _child_command(path, runs, warmup, threads, blocks)

@@ -8,9 +8,10 @@ from pathlib import Path
 from segzoo.config.schema import Config
 from segzoo.errors import ConfigError, ModelError
 from segzoo.modes import MODES, steps_for
+from segzoo.runners import KERAS_SUFFIXES, TFLITE_SUFFIXES
 
 SYNTHETIC = "synthetic_shapes"
-MODEL_SUFFIXES = (".keras", ".h5", ".tflite")
+MODEL_SUFFIXES = KERAS_SUFFIXES + TFLITE_SUFFIXES
 SPLITS = ("training", "validation", "test", "quantization")
 
 
