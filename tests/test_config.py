@@ -122,7 +122,23 @@ def test_mode_requirements(tmp_path: Path) -> None:
 def test_input_shape_must_fit_output_stride() -> None:
     data = default_config()
     data["training"]["model"]["input_shape"] = [100, 128, 3]
-    assert "not divisible by training.model.output_stride (16)" in errors_of(data)
+    assert ("training.model.input_shape: 100x128 must be multiples of output_stride (16) and at least 32 "
+            "(nearest valid size: 96x128)") in errors_of(data)
+
+
+def test_model_section_is_checked_by_the_family_params() -> None:
+    data = default_config()
+    data["training"]["model"]["asp"] = "v1"
+    message = errors_of(data)
+    assert "training.model.asp: unknown key for model family deeplab_v3; did you mean training.model.aspp?" in message
+    data = default_config()
+    data["training"]["model"]["name"] = "deeplab3"
+    assert "training.model.name: Unknown model family 'deeplab3'. Did you mean 'deeplab_v3'?" in errors_of(data)
+    data = default_config()
+    data["training"]["model"]["alpha"] = 1  # an integer for a float choice
+    assert load_config(data).training.model.alpha == 1.0
+    data["training"]["model"]["alpha"] = 0.6
+    assert "training.model.alpha: bad value 0.6; allowed values: 0.35, 0.5, 0.75, 1.0" in errors_of(data)
 
 
 def test_augmentation_typo_suggested() -> None:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import subprocess
 import sys
+import typing
 
 import numpy as np
 import pytest
 
 from segzoo.errors import ModelError
 from segzoo.models import registry
-from segzoo.models.registry import FAMILIES, FamilySpec, build_model, get_family
+from segzoo.models.registry import FAMILY_PACKAGES, build_model, get_family
 
 keras = pytest.importorskip("keras")
 
-from segzoo.models import analysis, deeplabv3  # noqa: E402  (after the keras import check)
-from segzoo.models.deeplabv3 import build_deeplabv3  # noqa: E402
+from segzoo.models import analysis  # noqa: E402  (after the keras import check)
+from segzoo.models.deeplab_v3 import model as deeplabv3  # noqa: E402
+from segzoo.models.deeplab_v3.model import build_deeplabv3  # noqa: E402
+from segzoo.models.deeplab_v3.params import DeepLabV3Params  # noqa: E402
 
 TINY = dict(alpha=0.35)
 
@@ -31,40 +34,41 @@ def _layer_names(model) -> set[str]:
 
 # -------------------------------------------------------------------------------------------------- registry
 def test_registry_module_imports_no_tensorflow():
-    code = ("import sys, segzoo.models.registry as r; r.get_family('deeplab_v3'); "
+    code = ("import sys, segzoo.models.registry as r, segzoo.config.validate as v; "
+            "[r.get_family(n) for n in r.family_names()]; v.all_key_paths(); "
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_registry_is_immutable_and_consistent_with_builder():
-    spec = get_family("deeplab_v3")
-    assert isinstance(spec, FamilySpec)
+def test_registry_is_immutable_and_defaults_live_in_the_params():
+    family = get_family("deeplab_v3")
     with pytest.raises(TypeError):
-        FAMILIES["other"] = spec  # type: ignore[index]
-    with pytest.raises(TypeError):
-        spec.params["alpha"] = 1.0  # type: ignore[index]
-    builder = registry.resolve_builder(spec)
-    assert builder is build_deeplabv3
-    signature = inspect.signature(builder).parameters
-    for key, default in spec.params.items():
-        assert signature[key].default == default, key
-    assert set(signature) - set(spec.params) == {"input_shape", "num_classes", "name"}
-    for key, allowed in spec.choices.items():
-        assert spec.params[key] in allowed
+        FAMILY_PACKAGES["other"] = "x"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        family.name = "other"  # type: ignore[misc]
+    defaults = DeepLabV3Params()
+    model = build_model("deeplab_v3", input_shape=defaults.input_shape, num_classes=5)
+    assert model.name == "deeplab_v3_mobilenetv2_035_16_asppv2"  # the params' defaults, nowhere else
+    hints = typing.get_type_hints(DeepLabV3Params)
+    assert typing.get_args(hints["aspp"]) == ("v1", "v2", "none")
+    assert defaults.alpha in typing.get_args(hints["alpha"])
 
 
 def test_unknown_family_suggests_closest():
     with pytest.raises(ModelError) as err:
         get_family("deeplabv3")
     assert "Did you mean 'deeplab_v3'" in str(err.value)
-    assert "Valid families: deeplab_v3" in str(err.value)
+    assert "Valid families: " in str(err.value) and "deeplab_v3" in str(err.value)
 
 
 def test_build_model_rejects_unknown_and_bad_params():
-    with pytest.raises(ModelError, match="no parameter 'alpah'.*Did you mean 'alpha'.*Valid parameters"):
+    with pytest.raises(ModelError, match="alpah: unknown key for model family deeplab_v3.*did you mean "
+                                         "training.model.alpha"):
         build_model("deeplab_v3", input_shape=(64, 64, 3), num_classes=2, alpah=0.35)
-    with pytest.raises(ModelError, match="aspp='v3'.*'v1', 'v2', 'none'"):
+    with pytest.raises(ModelError, match="aspp: bad value 'v3'; allowed values: v1, v2, none"):
         build_model("deeplab_v3", input_shape=(64, 64, 3), num_classes=2, aspp="v3")
+    with pytest.raises(ModelError, match="input_shape: 72x72 must be multiples of output_stride"):
+        build_model("deeplab_v3", input_shape=(72, 72, 3), num_classes=2)
 
 
 def test_build_model_through_registry():
@@ -154,61 +158,78 @@ def test_save_and_reload_keras_format(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- weights
+IMAGENET_DIR = ("pretrained", "imagenet_mobilenet_v2", "models")
+
+
 @pytest.fixture
-def no_download(monkeypatch):
-    """Fail the test if anything tries to fetch a file."""
-    def fail(*args, **kwargs):
-        raise AssertionError(f"download attempted: {args} {kwargs}")
+def offline(monkeypatch, tmp_path):
+    """No download can succeed: Keras's cache is empty and the URL points at a closed loopback port."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    from segzoo.models import deeplab_v3
 
-    import keras.src.utils.file_utils as file_utils
-
-    monkeypatch.setattr(file_utils, "get_file", fail)
-    monkeypatch.setattr(keras.utils, "get_file", fail)
-
-
-def test_imagenet_missing_from_cache_raises_without_download(tmp_path, monkeypatch, no_download):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(ModelError) as err:
-        _tiny((64, 64, 3), 3, pretrained_weights="imagenet")
-    message = str(err.value)
-    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in message
-    assert str(tmp_path / "models") in message
-    assert "never downloads" in message
-
-
-def test_imagenet_file_name_follows_keras_rule():
-    name = deeplabv3.imagenet_weights_filename
-    assert name(0.5, (128, 128, 3)) == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_128_no_top.h5"
-    assert name(1.0, (96, 128, 3)).endswith("_1.0_224_no_top.h5")  # non-square -> 224
-    assert name(0.35, (512, 512, 3)).endswith("_0.35_224_no_top.h5")
-
-
-def test_imagenet_needs_rgb(tmp_path, monkeypatch, no_download):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(ModelError, match="3 input channels"):
-        _tiny((64, 64, 1), 3, pretrained_weights="imagenet")
+    source = dataclasses.replace(deeplab_v3.FAMILY.weights["imagenet"], url="http://127.0.0.1:9/{file_name}")
+    family = dataclasses.replace(deeplab_v3.FAMILY, weights={"imagenet": source})
+    monkeypatch.setattr(deeplab_v3, "FAMILY", family)
+    registry._load.cache_clear()
+    yield tmp_path
+    registry._load.cache_clear()
 
 
 def _backbone_weights(model) -> list[np.ndarray]:
     return [w.numpy() for w in model.get_layer("block_6_expand").weights]
 
 
-def test_imagenet_from_cache_loads_backbone(tmp_path, monkeypatch, no_download):
-    # A stand-in for the Keras file: a MobileNetV2 no-top saved in Keras' legacy .h5 layout.
-    source = keras.applications.MobileNetV2(input_shape=(128, 128, 3), alpha=0.35, include_top=False, weights=None)
-    cache = tmp_path / "models"
-    cache.mkdir()
-    source.save(cache / deeplabv3.imagenet_weights_filename(0.35, (128, 128, 3)))
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    model = _tiny((128, 128, 3), 3, aspp="none", pretrained_weights="imagenet")
-    want = [w.numpy() for w in source.get_layer("block_6_expand").weights]
+def test_imagenet_from_weights_dirs_any_input_size(offline, caplog):
+    from conftest import shared_path
+
+    folder = shared_path(*IMAGENET_DIR)
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="segzoo"):
+        model = build_model("deeplab_v3", input_shape=(96, 128, 3), num_classes=3, aspp="none",
+                            pretrained_weights="imagenet", weights_dirs=[folder])
+    used = folder / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+    assert str(used) in caplog.text  # which file was used is logged
+    import h5py
+
+    with h5py.File(used, "r") as handle:
+        group = handle["block_6_expand"]
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+        want = [np.asarray(group[n]) for n in names]
     for got, ref in zip(_backbone_weights(model), want):
         np.testing.assert_array_equal(got, ref)
-    # The same legacy .h5 given as a path is loaded by layer name (no KERAS_HOME involved).
-    monkeypatch.delenv("KERAS_HOME")
-    by_path = _tiny((64, 64, 3), 3, aspp="v1", pretrained_weights=next(cache.iterdir()))
-    for got, ref in zip(_backbone_weights(by_path), want):
-        np.testing.assert_array_equal(got, ref)
+
+
+def test_imagenet_offline_names_file_and_every_folder(offline, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(ModelError) as err:
+        build_model("deeplab_v3", input_shape=(64, 64, 3), num_classes=3, pretrained_weights="imagenet",
+                    weights_dirs=[mine])
+    message = str(err.value)
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in message
+    assert str(mine) in message and str(tmp_path / "keras_home" / "models") in message
+    assert "http://127.0.0.1:9/" in message  # where it is published
+
+
+def test_imagenet_file_of_another_alpha_is_refused(offline, tmp_path):
+    from conftest import shared_path
+
+    wrong = shared_path(*IMAGENET_DIR) / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    renamed = tmp_path / "dirs" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+    renamed.parent.mkdir()
+    renamed.symlink_to(wrong)
+    with pytest.raises(ModelError) as err:
+        build_model("deeplab_v3", input_shape=(64, 64, 3), num_classes=3, pretrained_weights="imagenet",
+                    weights_dirs=[renamed.parent])
+    assert str(renamed) in str(err.value) and "layer 'Conv1'" in str(err.value) and "alpha" in str(err.value)
+    with pytest.raises(ModelError, match="layer 'Conv1'"):  # the same file given by path
+        build_model("deeplab_v3", input_shape=(64, 64, 3), num_classes=3, pretrained_weights=str(wrong))
+
+
+def test_imagenet_needs_rgb():
+    with pytest.raises(ModelError, match="3 input channels"):
+        build_model("deeplab_v3", input_shape=(64, 64, 1), num_classes=3, pretrained_weights="imagenet")
 
 
 def test_weights_file_by_name(tmp_path):
@@ -216,21 +237,22 @@ def test_weights_file_by_name(tmp_path):
     path = tmp_path / "trained.keras"
     trained.save(path)
     # Different num_classes: everything but the logits layer is transferred by name.
-    model = _tiny((64, 64, 3), 3, aspp="none", pretrained_weights=path)
+    model = build_model("deeplab_v3", input_shape=(64, 64, 3), num_classes=3, aspp="none", pretrained_weights=str(path))
     for got, want in zip(_backbone_weights(model), _backbone_weights(trained)):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(model.get_layer("aspp_proj_conv").kernel.numpy(),
                                   trained.get_layer("aspp_proj_conv").kernel.numpy())
     # Keras 3 weights-only checkpoint of the same architecture (the mismatching logits are skipped).
     trained.save_weights(tmp_path / "trained.weights.h5")
-    model = _tiny((64, 64, 3), 3, aspp="none", pretrained_weights=tmp_path / "trained.weights.h5")
+    model = build_model("deeplab_v3", input_shape=(64, 64, 3), num_classes=3, aspp="none",
+                        pretrained_weights=str(tmp_path / "trained.weights.h5"))
     for got, want in zip(_backbone_weights(model), _backbone_weights(trained)):
         np.testing.assert_array_equal(got, want)
-    with pytest.raises(ModelError, match="not found"):
-        _tiny(pretrained_weights=tmp_path / "missing.h5")
+    with pytest.raises(ModelError, match="neither a file nor a named checkpoint"):
+        build_model("deeplab_v3", input_shape=(64, 64, 3), num_classes=3, pretrained_weights=str(tmp_path / "x.h5"))
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ModelError, match=r"\.h5, \.hdf5 or \.keras"):
-        _tiny(pretrained_weights=tmp_path / "weights.bin")
+        build_model("deeplab_v3", input_shape=(64, 64, 3), num_classes=3, pretrained_weights=str(tmp_path / "weights.bin"))
 
 
 # --------------------------------------------------------------------------------------------- analysis

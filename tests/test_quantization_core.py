@@ -21,7 +21,7 @@ from segzoo.quantization.converter import (  # noqa: E402
     convert_calibrated,
     tensor_layers,
 )
-from segzoo.quantization.inspect import inspect_tflite, npu_ready  # noqa: E402
+from segzoo.litert.inspect import inspect_tflite, npu_ready  # noqa: E402
 from segzoo.quantization.mixed import _batches, layer_errors, search_float_layers  # noqa: E402
 
 keras = pytest.importorskip("keras")

@@ -54,7 +54,8 @@ def _run(raw_cfg: Any, run_dir: str | Path | None) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from omegaconf import OmegaConf
 
-    from segzoo.steps import STEPS, RunContext
+    from segzoo.steps import run_step
+    from segzoo.steps.context import RunContext
     from segzoo.tracking import Tracker
 
     config_file = write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config_to_dict(cfg)))
@@ -69,10 +70,10 @@ def _run(raw_cfg: Any, run_dir: str | Path | None) -> dict:
         try:
             for step in steps:
                 start = time.perf_counter()
-                STEPS[step](ctx)
+                run_step(step, ctx)
                 logger.info("step %s done in %.1f s", step, time.perf_counter() - start)
         finally:
             for log_file in run_dir.glob("*.log"):
                 tracker.log_artifact(log_file)
-    write_json(run_dir / "results.json", ctx.results)
-    return ctx.results
+    write_json(run_dir / "results.json", ctx.summary)
+    return ctx.summary

@@ -74,6 +74,15 @@ class BoardTarget:
         """``host:port`` as used in messages."""
         return f"{self.host}:{self.port}"
 
+    @classmethod
+    def from_section(cls, section: Any, strict_host_key_checking: bool | None = None) -> BoardTarget:
+        """The board of a config section (``benchmarking.board``: ``host``; ``deployment.hardware_setup``:
+        ``ip_address``); ``strict_host_key_checking`` when the section does not hold it."""
+        host = getattr(section, "host", None) or getattr(section, "ip_address", None)
+        strict = getattr(section, "strict_host_key_checking", strict_host_key_checking)
+        return cls(host=host, port=section.port, user=section.user, identity_file=section.identity_file,
+                   known_hosts=section.known_hosts, strict_host_key_checking=True if strict is None else strict)
+
     @property
     def known_hosts_path(self) -> Path:
         """The known_hosts file used to verify the board's host key."""

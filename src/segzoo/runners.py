@@ -176,8 +176,10 @@ class KerasRunner:
         import keras
         import tensorflow as tf
 
+        from segzoo.models.registry import custom_objects
+
         self.path = Path(path)
-        self._model = keras.saving.load_model(str(self.path), compile=False)
+        self._model = keras.saving.load_model(str(self.path), compile=False, custom_objects=custom_objects())
         # A traced graph: eager calls cost several times the model's own compute on small inputs.
         self._forward = tf.function(lambda x: self._model(x, training=False), reduce_retracing=True)
         if len(self._model.inputs) != 1 or len(self._model.outputs) != 1:

@@ -112,7 +112,7 @@ def main() -> None:
 
     from segzoo.quantization.converter import calibrate, convert
     from segzoo.quantization.formatting import optimize_for_per_tensor
-    from segzoo.quantization.inspect import inspect_tflite
+    from segzoo.litert.inspect import inspect_tflite
     from segzoo.quantization.mixed import layer_errors
 
     images, source = load_images(args.images, args.size)

@@ -114,7 +114,7 @@ def study(args: argparse.Namespace, aspp: str, pixels: np.ndarray, out: Path) ->
 
 
 def _output_hw(path: Path) -> tuple[int, int]:
-    from segzoo.quantization.inspect import inspect_tflite
+    from segzoo.litert.inspect import inspect_tflite
 
     shape = inspect_tflite(path)["output"]["shape"]
     return int(shape[1]), int(shape[2])

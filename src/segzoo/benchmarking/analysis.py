@@ -1,7 +1,7 @@
 """Model analysis for every benchmarked model: params, MACs per op, op histogram, peak activation memory.
 
 ``.tflite`` files are read with ``ai_edge_litert`` only (no TensorFlow import), on top of
-:func:`segzoo.quantization.inspect.inspect_tflite` (op list, int8 / per-channel flags, I/O details).
+:func:`segzoo.litert.inspect.inspect_tflite` (op list, int8 / per-channel flags, I/O details).
 ``.keras`` / ``.h5`` models are summarised by :func:`segzoo.models.analysis.summarize`.
 
 Conventions for ``.tflite`` (batch 1; a dynamic dimension counts as 1):
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from segzoo.errors import ModelError
-from segzoo.quantization.inspect import _load, _scales, _tensor, _tensor_table, inspect_tflite
+from segzoo.litert.inspect import inspect_tflite, load_interpreter, tensor_detail, tensor_scales, tensor_table
 from segzoo.runners import TFLITE_SUFFIXES, check_model_file
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _granularity(detail: dict) -> str:
     dtype = np.dtype(detail["dtype"])
     if np.issubdtype(dtype, np.floating):
         return "float"
-    scales = _scales(detail)
+    scales = tensor_scales(detail)
     if scales.size > 1:
         return "per_channel"
     return "per_tensor" if scales.size == 1 and scales[0] > 0 else "none"
@@ -102,8 +102,8 @@ def op_elementwise(name: str, act_inputs: list[list[int]], output: list[int]) ->
 # ---------------------------------------------------------------------------------------------------- graph
 def _graph(path: Path) -> tuple[list[dict], dict[int, dict], set[int], list[int], list[int]]:
     """``(raw ops, tensor table, activation indices, graph inputs, graph outputs)`` of subgraph 0."""
-    interpreter = _load(path)
-    table = _tensor_table(interpreter)
+    interpreter = load_interpreter(path)
+    table = tensor_table(interpreter)
     ops = interpreter._get_ops_details()  # noqa: SLF001 - the only op listing ai-edge-litert offers
     graph_in = [int(d["index"]) for d in interpreter.get_input_details()]
     graph_out = [int(d["index"]) for d in interpreter.get_output_details()]
@@ -113,7 +113,7 @@ def _graph(path: Path) -> tuple[list[dict], dict[int, dict], set[int], list[int]
     for op in ops:  # make sure every tensor an op touches is in the table
         for index in [*op["inputs"], *op["outputs"]]:
             if index >= 0:
-                _tensor(table, interpreter, int(index))
+                tensor_detail(table, interpreter, int(index))
     return ops, table, activations, graph_in, graph_out
 
 

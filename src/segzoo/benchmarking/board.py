@@ -160,3 +160,23 @@ def _remove_quietly(remote: Remote, remote_dir: str) -> None:
         remote.remove_tree(remote_dir)
     except RemoteError as exc:
         log.warning("Could not remove %s from the board: %s", remote_dir, exc)
+
+
+def board_row(path: Path, name: str, analysis: dict | None, board: object, runs: int) -> dict:
+    """One benchmark table row measured on the board of config section ``board`` (``benchmarking.board``);
+    a board problem becomes the row's error, so that the other rows are still reported."""
+    from segzoo.benchmarking.analysis import analyze_model
+    from segzoo.benchmarking.report import new_row
+    from segzoo.errors import SegzooError
+
+    row = new_row(path, "board", name, analysis or analyze_model(path))
+    try:
+        target = BoardTarget.from_section(board)
+        result = benchmark_on_board(path, target, remote_dir=board.remote_dir, runs=runs, python=board.python)
+    except SegzooError as exc:
+        row["error"] = str(exc)
+        return row
+    row.update(device=f"STM32MP2 board {target.address}", runtime=f"{result['runtime']} ({result['delegate']})",
+               latency_ms=result["median_ms"], latency_p90_ms=result.get("p90_ms"),
+               primary_unit=result.get("delegate"), details=result)
+    return row

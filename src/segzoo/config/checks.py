@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from types import MappingProxyType
 
 from segzoo.config.schema import Config
-from segzoo.errors import ConfigError, ModelError
+from segzoo.data import SYNTHETIC_DATASET as SYNTHETIC
+from segzoo.errors import ConfigError
 from segzoo.modes import MODES, steps_for
 from segzoo.runners import KERAS_SUFFIXES, TFLITE_SUFFIXES
 
-SYNTHETIC = "synthetic_shapes"
 MODEL_SUFFIXES = KERAS_SUFFIXES + TFLITE_SUFFIXES
 SPLITS = ("training", "validation", "test", "quantization")
 
@@ -113,8 +114,6 @@ def _check_training(cfg: Config) -> list[str]:
         errors.append(f"training.optimizer.learning_rate: must be positive, got {tr.optimizer.learning_rate}")
     if tr.lr_schedule.name == "reduce_on_plateau" and tr.lr_schedule.warmup_epochs:
         errors.append("training.lr_schedule.warmup_epochs: not available with reduce_on_plateau")
-    if not 0.0 <= tr.model.dropout < 1.0:
-        errors.append(f"training.model.dropout: must be in [0, 1), got {tr.model.dropout}")
     n = num_classes(cfg)
     if isinstance(tr.class_weights, list):
         if n is not None and len(tr.class_weights) != n:
@@ -125,29 +124,99 @@ def _check_training(cfg: Config) -> list[str]:
 
 
 def _check_model(cfg: Config) -> list[str]:
-    m, errors = cfg.training.model, []
-    shape = m.input_shape
+    """The input shape against the preprocessing (the family's own rules ran when its params were built)."""
+    shape = cfg.training.model.input_shape
     if len(shape) != 3 or min(shape) < 1:
         return [f"training.model.input_shape: expected [height, width, channels], got {shape}"]
     channels = 1 if cfg.preprocessing.color_mode == "grayscale" else 3
     if shape[2] != channels:
-        errors.append(f"training.model.input_shape: {shape[2]} channels but preprocessing.color_mode "
-                      f"{cfg.preprocessing.color_mode!r} gives {channels}")
-    from segzoo.models.registry import get_family
+        return [f"training.model.input_shape: {shape[2]} channels but preprocessing.color_mode "
+                f"{cfg.preprocessing.color_mode!r} gives {channels}"]
+    return []
 
-    try:
-        family = get_family(m.name)
-    except ModelError as exc:
-        return errors + [f"training.model.name: {exc}"]
-    for param, allowed in family.choices.items():
-        value = getattr(m, param, None)
-        if value is not None and value not in allowed:
-            errors.append(f"training.model.{param}: bad value {value!r}; allowed values: "
-                          f"{', '.join(map(str, allowed))}")
-    if "output_stride" in family.params and (shape[0] % m.output_stride or shape[1] % m.output_stride):
-        errors.append(f"training.model.input_shape: {shape[0]}x{shape[1]} is not divisible by "
-                      f"training.model.output_stride ({m.output_stride})")
+
+def _model_suffix(cfg: Config) -> str | None:
+    return Path(cfg.general.model_path).suffix.lower() if cfg.general.model_path else None
+
+
+def _synthetic(cfg: Config) -> bool:
+    return cfg.dataset.name == SYNTHETIC
+
+
+def _needs_training_data(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    errors = [] if _synthetic(cfg) else _require(cfg, ["dataset.training_path", "dataset.training_masks_path"], mode)
+    if _model_suffix(cfg) == ".tflite":
+        errors.append("general.model_path: a .tflite model cannot be trained; give a .keras or .h5 model")
     return errors
+
+
+def _needs_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    if "train" in steps or (steps == ("benchmark",) and cfg.benchmarking.models):
+        return []
+    return _require(cfg, ["general.model_path"], mode)
+
+
+def _needs_classes(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    return [] if _synthetic(cfg) else _require(cfg, ["dataset.class_names"], mode)
+
+
+def _needs_evaluation_images(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    ds, errors = cfg.dataset, []
+    if not _synthetic(cfg) and not (ds.validation_path or ds.test_path or ds.training_path):
+        errors.append(f"dataset.test_path: {mode} needs images to evaluate on: set dataset.test_path or "
+                      "dataset.validation_path (with its *_masks_path)")
+    if cfg.evaluation.split == "test" and not (ds.test_path or _synthetic(cfg)):
+        errors.append("evaluation.split: 'test' needs dataset.test_path")
+    return errors
+
+
+def _needs_calibration_images(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    ds = cfg.dataset
+    if cfg.quantization.calibration_data == "dataset" and not (ds.quantization_path or ds.training_path
+                                                                or _synthetic(cfg)):
+        return ["dataset.quantization_path: quantization needs calibration images: set dataset.quantization_path "
+                "or dataset.training_path (quantization.calibration_data: random exists for tests only and gives "
+                "poor models)"]
+    return []
+
+
+def _needs_prediction_inputs(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    return _require(cfg, ["prediction.test_files_path"], mode)
+
+
+def _needs_benchmark_targets(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    bench, errors = cfg.benchmarking, []
+    if "board" in bench.targets:
+        errors += _require(cfg, ["benchmarking.board.host"], f"{mode} with the board target")
+        errors += _ssh_files("benchmarking.board", bench.board)
+    for i, model in enumerate(bench.models):
+        errors += _exists(f"benchmarking.models[{i}]", model, "file")
+    return errors + _exists("benchmarking.rules_path", bench.rules_path, "file")
+
+
+def _needs_deployable_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    dep, errors = cfg.deployment, []
+    if "quantize" not in steps and _model_suffix(cfg) not in (None, ".tflite"):
+        errors.append("general.model_path: deployment needs a .tflite model (or use operation_mode chain_qd)")
+    errors += _exists("deployment.label_file_path", dep.label_file_path, "file")
+    errors += _exists("tools.stedgeai.path_to_stedgeai", cfg.tools.stedgeai.path_to_stedgeai, "file")
+    if dep.launch and not dep.hardware_setup.ip_address:
+        errors.append("deployment.launch: needs deployment.hardware_setup.ip_address")
+    if dep.hardware_setup.ip_address:
+        errors += _ssh_files("deployment.hardware_setup", dep.hardware_setup)
+    return errors
+
+
+STEP_REQUIREMENTS = MappingProxyType({
+    "train": (_needs_training_data, _needs_classes),
+    "evaluate": (_needs_model, _needs_classes, _needs_evaluation_images),
+    "quantization_report": (_needs_model, _needs_classes, _needs_evaluation_images),
+    "quantize": (_needs_model, _needs_classes, _needs_calibration_images),
+    "predict": (_needs_model, _needs_classes, _needs_prediction_inputs),
+    "benchmark": (_needs_model, _needs_benchmark_targets),
+    "deploy": (_needs_model, _needs_classes, _needs_deployable_model),
+})
+"""Step -> the checks of what it needs; a mode needs what its steps need (each problem reported once)."""
 
 
 def check_mode(cfg: Config) -> list[str]:
@@ -155,59 +224,9 @@ def check_mode(cfg: Config) -> list[str]:
     if cfg.operation_mode not in MODES:
         return []
     steps, mode = steps_for(cfg.operation_mode), cfg.operation_mode
-    errors = _check_paths(cfg)
-    synthetic = cfg.dataset.name == SYNTHETIC
-    model_suffix = Path(cfg.general.model_path).suffix.lower() if cfg.general.model_path else None
-    if "train" in steps:
-        if not synthetic:
-            errors += _require(cfg, ["dataset.training_path", "dataset.training_masks_path"], mode)
-        if model_suffix == ".tflite":
-            errors.append("general.model_path: a .tflite model cannot be trained; give a .keras or .h5 model")
-    elif not (steps == ("benchmark",) and cfg.benchmarking.models):
-        errors += _require(cfg, ["general.model_path"], mode)
-    needs_classes = any(step != "benchmark" for step in steps)
-    if not synthetic and needs_classes:
-        errors += _require(cfg, ["dataset.class_names"], mode)
-    evaluates = any(s in steps for s in ("evaluate", "quantization_report"))
-    if evaluates and not synthetic and not (cfg.dataset.validation_path or cfg.dataset.test_path
-                                            or cfg.dataset.training_path):
-        errors.append(f"dataset.test_path: {mode} needs images to evaluate on: set dataset.test_path or "
-                      "dataset.validation_path (with its *_masks_path)")
-    if evaluates and cfg.evaluation.split == "test" and not (cfg.dataset.test_path or synthetic):
-        errors.append("evaluation.split: 'test' needs dataset.test_path")
-    if "quantize" in steps:
-        errors += _check_quantization(cfg, "train" in steps, model_suffix, synthetic)
-    if "predict" in steps:
-        errors += _require(cfg, ["prediction.test_files_path"], mode)
-    if "benchmark" in steps:
-        if "board" in cfg.benchmarking.targets:
-            errors += _require(cfg, ["benchmarking.board.host"], f"{mode} with the board target")
-            errors += _ssh_files("benchmarking.board", cfg.benchmarking.board)
-        for i, model in enumerate(cfg.benchmarking.models):
-            errors += _exists(f"benchmarking.models[{i}]", model, "file")
-        errors += _exists("benchmarking.rules_path", cfg.benchmarking.rules_path, "file")
-    if "deploy" in steps:
-        if "quantize" not in steps and model_suffix not in (None, ".tflite"):
-            errors.append("general.model_path: deployment needs a .tflite model (or use operation_mode chain_qd)")
-        errors += _exists("deployment.label_file_path", cfg.deployment.label_file_path, "file")
-        errors += _exists("tools.stedgeai.path_to_stedgeai", cfg.tools.stedgeai.path_to_stedgeai, "file")
-        if cfg.deployment.launch and not cfg.deployment.hardware_setup.ip_address:
-            errors.append("deployment.launch: needs deployment.hardware_setup.ip_address")
-        if cfg.deployment.hardware_setup.ip_address:
-            errors += _ssh_files("deployment.hardware_setup", cfg.deployment.hardware_setup)
-    return errors
-
-
-def _check_quantization(cfg: Config, trains: bool, model_suffix: str | None, synthetic: bool) -> list[str]:
-    q, ds, errors = cfg.quantization, cfg.dataset, []
-    if not trains and model_suffix == ".tflite":
-        errors.append("general.model_path: a .tflite model is already converted and cannot be quantized again; "
-                      "give the float .keras or .h5 model")
-    if q.calibration_data == "dataset" and not (ds.quantization_path or ds.training_path or synthetic):
-        errors.append("dataset.quantization_path: quantization needs calibration images: set "
-                      "dataset.quantization_path or dataset.training_path (quantization.calibration_data: random "
-                      "exists for tests only and gives poor models)")
-    return errors
+    checks = dict.fromkeys(check for step in steps for check in STEP_REQUIREMENTS[step])
+    errors = _check_paths(cfg) + [error for check in checks for error in check(cfg, mode, steps)]
+    return list(dict.fromkeys(errors))
 
 
 def _ssh_files(section: str, board: object) -> list[str]:
@@ -250,9 +269,21 @@ def _check_paths(cfg: Config) -> list[str]:
     errors += _exists("prediction.test_files_path", cfg.prediction.test_files_path, "dir")
     resume = cfg.training.resume_training_from
     errors += _exists("training.resume_training_from", resume, "dir")
+    errors += _check_weights(cfg)
+    return errors
+
+
+def _check_weights(cfg: Config) -> list[str]:
+    """``pretrained_weights``: a named checkpoint of the family, or an existing file; weights folders exist."""
+    from segzoo.models.registry import get_family
+
+    errors = [e for i, d in enumerate(cfg.general.weights_dirs) for e in _exists(f"general.weights_dirs[{i}]", d, "dir")]
     weights = cfg.training.model.pretrained_weights
-    if weights and weights != "imagenet":
-        errors += _exists("training.model.pretrained_weights", weights, "file")
+    named = get_family(cfg.training.model.name).weights
+    if weights and weights not in named and not Path(weights).expanduser().is_file():
+        choices = ", ".join(named) or "none"
+        errors.append(f"training.model.pretrained_weights: {weights!r} is neither an existing file nor a named "
+                      f"checkpoint of {cfg.training.model.name} ({choices})")
     return errors
 
 

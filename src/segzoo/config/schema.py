@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from segzoo.models.base import ModelParams
+from segzoo.models.registry import default_params
+
 @dataclass
 class GeneralConfig:
     """``general``: project-wide settings."""
@@ -20,6 +23,7 @@ class GeneralConfig:
     saved_models_dir: str = "saved_models"
     global_seed: int = 127
     num_threads_tflite: int | None = None
+    weights_dirs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,20 +79,6 @@ class PreprocessingConfig:
 
 
 @dataclass
-class ModelConfig:
-    """``training.model``: the family from the registry and its parameters."""
-
-    name: str = "deeplab_v3"
-    input_shape: list[int] = field(default_factory=lambda: [128, 128, 3])
-    alpha: float = 0.35
-    output_stride: int = 16
-    aspp: str = "v2"
-    dropout: float = 0.1
-    pretrained_weights: str | None = None
-    upsample: bool = True
-
-
-@dataclass
 class OptimizerConfig:
     """``training.optimizer``: name plus arguments (no code strings)."""
 
@@ -116,7 +106,7 @@ class LRScheduleConfig:
 class TrainingConfig:
     """``training``."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelParams = field(default_factory=default_params)
     batch_size: int = 8
     epochs: int = 20
     steps_per_epoch: int | None = None

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
 import types
 import typing
 from functools import cache
 from typing import Any, Literal, Union
 
-from segzoo.config import schema
 from segzoo.config.schema import FREE_FORM_KEYS, Config
-from segzoo.errors import ConfigError
+from segzoo.errors import ConfigError, ModelError
+from segzoo.models.base import ModelParams
+
+log = logging.getLogger(__name__)
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _FRACTION = re.compile(rf"^\s*({_NUMBER})\s*(?:/\s*({_NUMBER}))?\s*$")
@@ -28,22 +31,39 @@ class _Invalid(Exception):
 
 @cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, vars(schema))
+    return typing.get_type_hints(cls)
+
+
+def _family_classes() -> list[type]:
+    from segzoo.models.registry import family_names, get_family
+
+    return [get_family(name).params for name in family_names()]
+
+
+def _walk(cls: type, prefix: str, paths: list[str]) -> None:
+    for name, tp in _hints(cls).items():
+        path = f"{prefix}{name}"
+        if path not in paths:
+            paths.append(path)
+        if tp is ModelParams:
+            for family_cls in _family_classes():
+                _walk(family_cls, path + ".", paths)
+        elif dataclasses.is_dataclass(tp):
+            _walk(tp, path + ".", paths)
 
 
 @cache
 def all_key_paths() -> tuple[str, ...]:
-    """Every valid dotted key of the schema (sections and leaves)."""
+    """Every valid dotted key of the schema (sections and leaves; ``training.model`` keys of every family)."""
     paths: list[str] = []
+    _walk(Config, "", paths)
+    return tuple(paths)
 
-    def walk(cls: type, prefix: str) -> None:
-        for name, tp in _hints(cls).items():
-            path = f"{prefix}{name}"
-            paths.append(path)
-            if dataclasses.is_dataclass(tp):
-                walk(tp, path + ".")
 
-    walk(Config, "")
+@cache
+def _family_keys(cls: type) -> tuple[str, ...]:
+    paths: list[str] = []
+    _walk(cls, "", paths)
     return tuple(paths)
 
 
@@ -75,6 +95,8 @@ def _fmt(value: Any) -> str:
 def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     """Convert ``value`` to type ``tp`` or raise _Invalid; nested dataclasses record their own errors."""
     origin = typing.get_origin(tp)
+    if tp is ModelParams:
+        return _build_family_params(value, path, errors)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, errors)
     if tp is Any:
@@ -85,6 +107,10 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         allowed = typing.get_args(tp)
         if value in allowed and type(value) is type(allowed[0]):
             return value
+        if isinstance(allowed[0], float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            for option in allowed:  # alpha: 1 means 1.0
+                if float(value) == option:
+                    return option
         if isinstance(value, str):  # ST writes e.g. "TFlite_converter", "PTQ"
             by_lower = {str(a).lower(): a for a in allowed}
             if value.lower() in by_lower:
@@ -165,6 +191,49 @@ def _convert_scalar(value: Any, tp: type) -> Any:
     raise TypeError(f"schema type not supported: {tp}")
 
 
+def _build_family_params(data: Any, path: str, errors: list[str]) -> ModelParams:
+    """``training.model``: validated by the params dataclass of the family its ``name`` selects."""
+    from segzoo.models.registry import DEFAULT_FAMILY, get_family
+
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise _Invalid(f"expected a section (mapping), got {_fmt(data)}")
+    name = data.get("name", DEFAULT_FAMILY)
+    try:
+        family = get_family(name)
+    except ModelError as exc:
+        errors.append(f"{path}.name: {exc}")
+        return get_family(DEFAULT_FAMILY).params()
+    params = _build(family.params, data, path, errors)
+    errors.extend(f"{path}.{problem}" for problem in params.check())
+    return params
+
+
+def _unknown_key(cls: type, key_path: str, errors: list[str]) -> None:
+    """Record an unknown key; in a family's section, a key of another family is only a warning."""
+    if not (isinstance(cls, type) and issubclass(cls, ModelParams)):
+        errors.append(f"{key_path}: unknown key{suggest(key_path)}")
+        return
+    section, _, key = key_path.rpartition(".")
+    family = cls().name
+    if key_path in all_key_paths():
+        log.warning("%s is not a key of model family %s: ignored", key_path, family)
+        return
+    own = list(_family_keys(cls))
+    match = difflib.get_close_matches(key, own, n=1, cutoff=0.6)
+    hint = f"; did you mean {section}.{match[0]}?" if match else ""
+    errors.append(f"{key_path}: unknown key for model family {family}{hint} (its keys: {', '.join(own)})")
+
+
+def build_section(cls: type, data: Any, path: str) -> tuple[Any, list[str]]:
+    """Instantiate dataclass ``cls`` from plain ``data`` validated like the config; (object, problems)."""
+    errors: list[str] = []
+    try:
+        return _build(cls, data, path, errors), errors
+    except _Invalid as exc:
+        return cls(), [f"{path}: {exc}"]
+
+
 def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     """Instantiate dataclass ``cls`` from ``data``, appending problems to ``errors``."""
     prefix = f"{path}." if path else ""
@@ -177,7 +246,7 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     for key, value in data.items():
         key_path = f"{prefix}{key}"
         if key not in hints:
-            errors.append(f"{key_path}: unknown key{suggest(key_path)}")
+            _unknown_key(cls, key_path, errors)
             continue
         try:
             kwargs[key] = _convert(value, hints[key], key_path, errors)

@@ -10,13 +10,16 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from segzoo.config.checks import SYNTHETIC
-from segzoo.config.schema import Config, DatasetConfig
+from segzoo.data import SYNTHETIC_DATASET
 from segzoo.data.layouts import Sample, list_samples, split_samples
 from segzoo.data.masks import ClassMapper
 from segzoo.errors import ConfigError
 from segzoo.preprocess import Preprocessing
+
+if TYPE_CHECKING:  # pragma: no cover - types only: the config package depends on this one, not the reverse
+    from segzoo.config.schema import Config, DatasetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def data_spec(cfg: Config) -> DataSpec:
     """Resolve the dataset section: the built-in dataset is generated here on first use."""
     ds = cfg.dataset
     class_names = ds.class_names
-    if ds.name == SYNTHETIC:
+    if ds.name == SYNTHETIC_DATASET:
         from segzoo.data.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_dataset
 
         root = ensure_synthetic_dataset(Path(ds.root), seed=cfg.general.global_seed)

@@ -45,6 +45,16 @@ def deploy(bundle_dir: str | Path, target: BoardTarget, board_deploy_path: str, 
     return summary
 
 
+def launch_args(launch_input: str | None, board_deploy_path: str) -> list[str]:
+    """Arguments of the launched application: a camera device, or images with results beside the app."""
+    if not launch_input:
+        return []
+    if launch_input == "camera" or launch_input.startswith("/dev/video"):
+        device = "/dev/video0" if launch_input == "camera" else launch_input
+        return ["--camera", device, "--max-frames", "30"]
+    return ["--input", launch_input, "--output", board_deploy_path.rstrip("/") + "_results"]
+
+
 def launch_command(board_deploy_path: str, launch_args: list[str], python: str = "python3") -> str:
     """The command line that starts the deployed app on the board (every argument quoted)."""
     return remote_command(_launch_argv(board_deploy_path, launch_args, python))

@@ -54,6 +54,11 @@ def generate_nb(tflite_path: str | Path, stedgeai_path: str | Path, out_dir: str
     return target
 
 
+def generate_nb_if_configured(stedgeai_path: str | None, tflite_path: Path, out_dir: Path) -> Path | None:
+    """The NPU network binary when ``tools.stedgeai.path_to_stedgeai`` is set, else None."""
+    return generate_nb(tflite_path, stedgeai_path, out_dir) if stedgeai_path else None
+
+
 def _executable(stedgeai_path: str | Path) -> str:
     """The stedgeai executable: a path, or a name on PATH."""
     candidate = str(stedgeai_path)

@@ -13,6 +13,13 @@ A family is one package under ``segzoo.models`` whose ``__init__`` defines ``FAM
   ``None``: ignore-aware cross-entropy on ``logits``.
 - ``targets``: the training targets the data pipeline must produce besides ``"labels"`` (e.g. ``"boundary"``).
 - ``weights``: named official checkpoints (:class:`WeightSource`), selectable as ``training.model.pretrained_weights``.
+- ``file_importer``: ``"module:function"``, ``(model, path, params) -> None``: loads a weights file the user gives
+  as ``pretrained_weights`` (a path rather than a name).
+- ``custom_objects``: ``"module:attribute"``, the dict of custom Keras classes needed to load the family's saved
+  models.
+- ``presets``: named variants, ``name -> {param: value, ..., "num_classes": n}`` (listed by
+  ``python -m segzoo.models``, built by the registry-driven tests at ``tiny_input_shape``, the smallest input the
+  family accepts).
 """
 
 from __future__ import annotations
@@ -59,16 +66,37 @@ class LossTerm:
 
 @dataclass(frozen=True)
 class WeightSource:
-    """An official checkpoint a user can import: where it is published, how to verify it, what it needs."""
+    """An official checkpoint a user can import: where it is published, how to verify it, what it needs.
+
+    ``file_name``, ``alternatives`` and ``url`` are templates filled with the model params (``{alpha}``) and, for
+    ``url``, ``{file_name}``. ``alternatives`` are other file names that hold the same weights (searched after
+    ``file_name``). ``params``/``num_classes``: what the checkpoint requires of the model (checked before import).
+    ``importer``: ``"module:function"``, ``(model, path, params) -> None``. ``cache``: ``"segzoo"`` or ``"keras"``
+    (Keras's own cache, for Keras application weights).
+    """
 
     name: str
     file_name: str
     url: str | None
     importer: str
     sha256: str | None = None
+    alternatives: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     num_classes: int | None = None
+    cache: str = "segzoo"
     description: str = ""
+
+    def file_names(self, params: ModelParams) -> list[str]:
+        """The acceptable file names for ``params``, best first."""
+        values = params.to_dict()
+        names = [template.format(**values) for template in (self.file_name, *self.alternatives)]
+        return list(dict.fromkeys(names))
+
+    def download_url(self, params: ModelParams) -> str | None:
+        """Where the file of ``params`` is published."""
+        if self.url is None:
+            return None
+        return self.url.format(file_name=self.file_names(params)[0], **params.to_dict())
 
 
 @dataclass(frozen=True)
@@ -84,12 +112,17 @@ class Family:
     losses: str | None = None
     targets: tuple[str, ...] = ()
     weights: Mapping[str, WeightSource] = field(default_factory=dict)
+    file_importer: str | None = None
     custom_objects: str | None = None
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tiny_input_shape: tuple[int, int, int] = (64, 64, 3)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"family {self.name}: unknown task {self.task!r}")
         object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
+        object.__setattr__(self, "presets", MappingProxyType({k: MappingProxyType(dict(v))
+                                                              for k, v in self.presets.items()}))
 
 
 def resolve(target: str) -> Any:

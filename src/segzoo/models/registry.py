@@ -1,8 +1,8 @@
-"""Registry of model families: a constant, immutable name -> spec mapping with lazily imported builders.
+"""The model families: name -> package, loaded on demand; building, weights, export and losses through them.
 
-This module imports no TensorFlow/Keras: the config validator reads ``FAMILIES`` (accepted params, their defaults
-and enum choices) before TensorFlow is loaded. ``build_model`` imports the builder (``"module:function"``) only
-when a model is actually built.
+This module imports no TensorFlow: the config validator reads the families' params dataclasses before TensorFlow
+is loaded. Adding a family is one folder under ``segzoo/models/`` (see :mod:`segzoo.models.base`) plus one line in
+``FAMILY_PACKAGES``.
 """
 
 from __future__ import annotations
@@ -10,114 +10,168 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from segzoo.errors import ModelError
+from segzoo.models.base import Family, LossTerm, ModelParams, WeightSource, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
 log = logging.getLogger(__name__)
 
+FAMILY_PACKAGES: Mapping[str, str] = MappingProxyType({
+    "deeplab_v3": "segzoo.models.deeplab_v3",
+})
+"""Family name -> the package whose ``FAMILY`` describes it."""
 
-@dataclass(frozen=True)
-class FamilySpec:
-    """One model family: its builder (``"module:function"``), accepted params with defaults, enum choices.
-
-    ``params`` are the config-level parameters (``training.model.*``); ``input_shape`` and ``num_classes`` are
-    always passed separately. The Keras model name is not a param: in configs ``name`` is the family name.
-    """
-
-    name: str
-    builder: str
-    params: Mapping[str, object]
-    choices: Mapping[str, tuple]
-    description: str
-
-    def __post_init__(self) -> None:
-        # Freeze the mappings so the module-level registry cannot be mutated by callers.
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
-        object.__setattr__(self, "choices", MappingProxyType({k: tuple(v) for k, v in self.choices.items()}))
+DEFAULT_FAMILY = "deeplab_v3"
 
 
-_DEEPLAB_V3 = FamilySpec(
-    name="deeplab_v3",
-    builder="segzoo.models.deeplabv3:build_deeplabv3",
-    params={
-        "alpha": 0.5,
-        "output_stride": 16,
-        "aspp": "v1",
-        "dropout": 0.1,
-        "pretrained_weights": None,
-        "upsample": True,
-    },
-    choices={
-        "alpha": (0.35, 0.5, 0.75, 1.0),
-        "output_stride": (8, 16),
-        "aspp": ("v1", "v2", "none"),
-    },
-    description=(
-        "DeepLabV3 on a Keras MobileNetV2 backbone (STM32 model zoo style): features cut at block_13_expand_relu "
-        "(output_stride 16) or block_6_expand_relu (8), ASPP head v1 (dilated conv), v2 (dilated depthwise-"
-        "separable) or none (1x1 + image pooling), 1x1 logits, bilinear upsampling to the input size. "
-        "pretrained_weights: None, 'imagenet' (backbone, from the local Keras cache only) or a weights file."
-    ),
-)
-
-FAMILIES: Mapping[str, FamilySpec] = MappingProxyType({_DEEPLAB_V3.name: _DEEPLAB_V3})
-"""Model family name -> spec. Immutable."""
+def family_names() -> list[str]:
+    """Every registered family name, sorted."""
+    return sorted(FAMILY_PACKAGES)
 
 
-def _closest(name: str, candidates: list[str]) -> str | None:
-    """The closest candidate to ``name`` (difflib), or None when nothing is remotely similar."""
-    matches = difflib.get_close_matches(str(name).lower(), candidates, n=1, cutoff=0.3)
+def closest(name: object, candidates: Sequence[str], cutoff: float = 0.5) -> str | None:
+    """The candidate closest to ``name`` (difflib), or None when nothing is similar."""
+    matches = difflib.get_close_matches(str(name).lower(), list(candidates), n=1, cutoff=cutoff)
     return matches[0] if matches else None
 
 
-def get_family(name: str) -> FamilySpec:
-    """The spec of family ``name``; ModelError naming the valid families and the closest one if unknown."""
-    if isinstance(name, str) and name in FAMILIES:
-        return FAMILIES[name]
-    valid = sorted(FAMILIES)
-    hint = _closest(name, valid) if isinstance(name, str) else None
+@cache
+def _load(name: str) -> Family:
+    family = importlib.import_module(FAMILY_PACKAGES[name]).FAMILY
+    if family.name != name:
+        raise RuntimeError(f"{FAMILY_PACKAGES[name]}.FAMILY is named {family.name!r}, registered as {name!r}")
+    return family
+
+
+def get_family(name: object) -> Family:
+    """The family ``name``; ModelError naming the valid families and the closest one if unknown."""
+    if isinstance(name, str) and name in FAMILY_PACKAGES:
+        return _load(name)
+    hint = closest(name, family_names())
     suggestion = f" Did you mean '{hint}'?" if hint else ""
-    raise ModelError(f"Unknown model family {name!r}.{suggestion} Valid families: {', '.join(valid)}.")
+    raise ModelError(f"Unknown model family {name!r}.{suggestion} Valid families: {', '.join(family_names())}.")
 
 
-def check_params(spec: FamilySpec, params: Mapping[str, Any]) -> None:
-    """ModelError if ``params`` has a name the family does not accept or an enum value outside its choices."""
-    valid = sorted(spec.params)
-    for key in params:
-        if key not in spec.params:
-            hint = _closest(key, valid)
-            suggestion = f" Did you mean '{hint}'?" if hint else ""
-            raise ModelError(
-                f"Model family '{spec.name}' has no parameter {key!r}.{suggestion} "
-                f"Valid parameters: {', '.join(valid)}."
-            )
-    for key, allowed in spec.choices.items():
-        if key in params and params[key] not in allowed:
-            raise ModelError(
-                f"Model family '{spec.name}': {key}={params[key]!r} is not allowed; "
-                f"choose one of {', '.join(repr(a) for a in allowed)}."
-            )
+def default_params() -> ModelParams:
+    """The params of the default family, all defaults (the schema's default ``training.model``)."""
+    return get_family(DEFAULT_FAMILY).params()
 
 
-def resolve_builder(spec: FamilySpec) -> Callable[..., "keras.Model"]:
-    """Import and return the builder function named by ``spec.builder`` (``"module:function"``)."""
-    module_name, _, func_name = spec.builder.partition(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, func_name)
+def make_params(name: str, **values: Any) -> ModelParams:
+    """The family's params with ``values`` applied and validated like the config (ModelError listing problems)."""
+    from segzoo.config.validate import build_section
+
+    family = get_family(name)
+    params, errors = build_section(family.params, {"name": name, **values}, "training.model")
+    errors += [f"training.model.{e}" for e in params.check()]
+    if errors:
+        raise ModelError("; ".join(errors))
+    return params
 
 
-def build_model(family: str, *, input_shape: tuple[int, int, int], num_classes: int, **params: Any) -> "keras.Model":
-    """Build a model of ``family``; unspecified params take the family defaults. Imports TensorFlow lazily."""
-    spec = get_family(family)
-    check_params(spec, params)
-    kwargs = {**spec.params, **params}
-    log.debug("building %s with input_shape=%s num_classes=%s %s", spec.name, input_shape, num_classes, kwargs)
-    builder = resolve_builder(spec)
-    return builder(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
+# ------------------------------------------------------------------------------------------------ building
+def build_from_params(params: ModelParams, num_classes: int, *,
+                      weights_dirs: Sequence[str | Path] = ()) -> "keras.Model":
+    """The training model of ``params`` for ``num_classes``, with its pretrained weights loaded if asked."""
+    family = get_family(params.name)
+    model = resolve(family.builder)(params, num_classes)
+    if params.pretrained_weights:
+        load_pretrained(model, params, num_classes, weights_dirs)
+    return model
+
+
+def build_model(family: str, *, input_shape: Sequence[int], num_classes: int,
+                weights_dirs: Sequence[str | Path] = (), **params: Any) -> "keras.Model":
+    """Build a model of ``family`` from keyword params (unset ones take the family defaults)."""
+    built = make_params(family, input_shape=list(input_shape), **params)
+    return build_from_params(built, num_classes, weights_dirs=weights_dirs)
+
+
+def export_model(model: "keras.Model", params: ModelParams) -> "keras.Model":
+    """The inference graph of a trained model (training-only heads dropped); the model itself if nothing to drop."""
+    family = get_family(params.name)
+    return resolve(family.exporter)(model, params) if family.exporter else model
+
+
+def loss_terms(params: ModelParams, num_classes: int, ignore_index: int,
+               class_weights: Sequence[float] | None) -> list[LossTerm] | None:
+    """The family's training losses, or None for the default ignore-aware cross-entropy on the logits."""
+    family = get_family(params.name)
+    if family.losses is None:
+        return None
+    return resolve(family.losses)(params, num_classes, ignore_index, class_weights)
+
+
+def custom_objects() -> dict[str, Any]:
+    """Every custom Keras class needed to load a segzoo model of any family (imports the families' layers)."""
+    objects: dict[str, Any] = {}
+    for name in family_names():
+        family = _load(name)
+        if family.custom_objects:
+            objects.update(resolve(family.custom_objects))
+    from segzoo.quantization.formatting import CUSTOM_OBJECTS as formatting_objects
+
+    objects.update(formatting_objects)
+    return objects
+
+
+# ------------------------------------------------------------------------------------------------- weights
+def weight_source(params: ModelParams) -> WeightSource | None:
+    """The named official checkpoint of ``params.pretrained_weights``, or None when it is a file path."""
+    family = get_family(params.name)
+    return family.weights.get(str(params.pretrained_weights))
+
+
+def _cache_dir(source: WeightSource) -> Path:
+    from segzoo.models.weights_store import keras_cache_dir, segzoo_cache_dir
+
+    return keras_cache_dir() if source.cache == "keras" else segzoo_cache_dir()
+
+
+def _check_requirements(source: WeightSource, params: ModelParams, num_classes: int) -> None:
+    wrong = {k: v for k, v in source.params.items() if getattr(params, k, None) != v}
+    if wrong:
+        have = {k: getattr(params, k, None) for k in wrong}
+        raise ModelError(f"training.model.pretrained_weights: '{source.name}' needs {wrong}, the model has {have}")
+    if source.num_classes is not None and source.num_classes != num_classes:
+        log.info("'%s' was trained for %d classes; the model has %d: its classifier is not imported",
+                 source.name, source.num_classes, num_classes)
+
+
+def locate_source(source: WeightSource, params: ModelParams, weights_dirs: Sequence[str | Path]) -> Path:
+    """The local file of a named checkpoint (the user's folders, the cache, else a verified download)."""
+    from segzoo.models.weights_store import locate_weights
+
+    return locate_weights(source.file_names(params), folders=list(weights_dirs), cache_dir=_cache_dir(source),
+                          url=source.download_url(params), sha256=source.sha256,
+                          what=f"{params.name} weights '{source.name}'")
+
+
+def load_pretrained(model: "keras.Model", params: ModelParams, num_classes: int,
+                    weights_dirs: Sequence[str | Path] = ()) -> Path:
+    """Load ``params.pretrained_weights`` (a named checkpoint or a file path) into ``model``; the file used."""
+    family = get_family(params.name)
+    source = weight_source(params)
+    if source is not None:
+        _check_requirements(source, params, num_classes)
+        path = locate_source(source, params, weights_dirs)
+        resolve(source.importer)(model, path, params)
+        return path
+    path = Path(str(params.pretrained_weights)).expanduser()
+    if not path.is_file():
+        names = ", ".join(repr(n) for n in family.weights) or "none"
+        raise ModelError(f"training.model.pretrained_weights: {str(path)!r} is neither a file nor a named checkpoint "
+                         f"of {family.name} (named: {names})")
+    if family.file_importer is None:
+        raise ModelError(f"training.model.pretrained_weights: {family.name} cannot import weight files by path; "
+                         f"use a named checkpoint ({', '.join(family.weights) or 'none'})")
+    resolve(family.file_importer)(model, path, params)
+    return path

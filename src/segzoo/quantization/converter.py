@@ -36,7 +36,7 @@ import numpy as np
 
 from segzoo.errors import ModelError
 from segzoo.io import atomic_path
-from segzoo.quantization.inspect import inspect_tflite
+from segzoo.litert.inspect import inspect_tflite
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -316,6 +316,16 @@ def convert(
     else:
         data = _full_int8(model, representative, granularity, input_type, output_type)
     return _write_checked(data, Path(out_path), granularity, float_layers, quantize)
+
+
+def float_tflite_file(model_path: Path, out_path: Path) -> Path:
+    """The float32 TFLite conversion of a saved Keras model, written once to ``out_path`` (reused if present)."""
+    if not out_path.exists():
+        from segzoo.quantization.quantize import load_float_model
+
+        convert(load_float_model(model_path), None, out_path, input_type="float", output_type="float",
+                quantize=False)
+    return out_path
 
 
 def convert_calibrated(calibrated: bytes, out_path: str | Path, *, granularity: str = "per_tensor",

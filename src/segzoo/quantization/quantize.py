@@ -12,19 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from segzoo.config.schema import Config
-from segzoo.data.layouts import Sample, list_samples, split_samples
-from segzoo.data.loader import read_image
-from segzoo.data.resolve import DataSpec, training_and_validation
-from segzoo.errors import ConfigError, ModelError
-from segzoo.preprocess import to_model_input
+from segzoo.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
 LAYER_ERROR_IMAGES = 16
 """Calibration images used to measure per-layer quantization errors (enough to rank layers)."""
 
-RANDOM_WARNING = ("calibration on RANDOM NOISE (quantization.calibration_data: random): activation ranges do not "
-                  "match real images and accuracy will suffer; use it for tests only")
 PER_CHANNEL_WARNING = ("per-channel quantization for the STM32MP2: the NPU accelerates only per-tensor 8-bit "
                        "models, so this model will run on the GPU (ST measured 806 ms instead of 52 ms)")
 
@@ -47,43 +41,6 @@ class QuantizationResult:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stm32mp2: dict | None = None
-
-
-def calibration_samples(cfg: Config, spec: DataSpec) -> tuple[list[Sample], str]:
-    """Images to calibrate on: the quantization set, a split of the training set, or the training set."""
-    ds = spec.dataset
-    if ds.quantization_path:
-        samples = list_samples(ds.quantization_path, ds.quantization_masks_path, ds.quantization_files_path,
-                               role="dataset.quantization_path")
-        return samples, "dataset.quantization_path"
-    train, _ = training_and_validation(spec)
-    if not train:
-        raise ConfigError("dataset.quantization_path: no calibration images (set it, or dataset.training_path)")
-    if ds.quantization_split:
-        _, train = split_samples(train, ds.quantization_split, spec.seed)
-        return train, f"dataset.quantization_split ({ds.quantization_split}) of the training set"
-    return train, "training set"
-
-
-def calibration_data(cfg: Config, spec: DataSpec, input_hw: tuple[int, int],
-                     channels: int) -> tuple[np.ndarray, dict, list[str]]:
-    """Preprocessed float32 calibration images [N,H,W,C], a description, and warnings."""
-    q, rng = cfg.quantization, np.random.default_rng(spec.seed)
-    if spec.pp.channels != channels:
-        raise ConfigError(f"preprocessing.color_mode: {spec.pp.color_mode!r} gives {spec.pp.channels} channels but "
-                          f"the model takes {channels}: the calibration images would not match the model input")
-    if q.calibration_data == "random":
-        logger.warning(RANDOM_WARNING)
-        pixels = rng.integers(0, 256, size=(q.calibration_images, *input_hw, 3), dtype=np.uint8)
-        batch = np.stack([to_model_input(p, input_hw, spec.pp)[0] for p in pixels])
-        return batch, {"source": "random", "images": len(batch)}, [RANDOM_WARNING]
-    samples, source = calibration_samples(cfg, spec)
-    if len(samples) > q.calibration_images:
-        picked = sorted(rng.choice(len(samples), q.calibration_images, replace=False))
-        samples = [samples[i] for i in picked]
-    batch = np.stack([to_model_input(read_image(s.image_path), input_hw, spec.pp)[0] for s in samples])
-    logger.info("Calibrating on %d images from the %s", len(batch), source)
-    return batch, {"source": source, "images": len(batch), "folder": str(samples[0].image_path.parent)}, []
 
 
 def representative(batch: np.ndarray, limit: int | None = None) -> Callable[[], Iterator[np.ndarray]]:
@@ -115,18 +72,22 @@ def output_name(float_model: Path, granularity: str, mixed: bool) -> str:
     return f"{float_model.stem}_int8_{granularity}{'_mixed' if mixed else ''}.tflite"
 
 
-def run_quantization(cfg: Config, spec: DataSpec, float_model: Path, run_dir: Path,
-                     miou_of: Callable[[Path], float]) -> QuantizationResult:
-    """Quantize ``float_model`` as configured. ``miou_of(tflite_or_keras_path)`` gives validation mIoU
-    (used only by automatic mixed precision)."""
+Calibration = Callable[[tuple[int, int], int], tuple[np.ndarray, dict, list[str]]]
+"""``(input_hw, channels) -> (preprocessed inputs [N,H,W,C], description, warnings)``: the task's calibration data."""
+
+
+def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibration: Calibration,
+                     metric_of: Callable[[Path], float]) -> QuantizationResult:
+    """Quantize ``float_model`` as configured, calibrating on ``calibration``'s inputs. ``metric_of(path)`` gives
+    the task's validation metric of a model file (used only by automatic mixed precision)."""
     from segzoo.quantization import converter, mixed
     from segzoo.quantization.formatting import optimize_for_per_tensor
-    from segzoo.quantization.inspect import inspect_tflite
+    from segzoo.litert.inspect import inspect_tflite
 
     start, q = time.perf_counter(), cfg.quantization
     model = load_float_model(float_model)
     input_hw, channels = tuple(model.input_shape[1:3]), int(model.input_shape[-1])
-    batch, calibration, warnings = calibration_data(cfg, spec, input_hw, channels)
+    batch, calibration_info, warnings = calibration(input_hw, channels)
     if q.granularity == "per_channel" and q.target == "stm32mp2":
         logger.warning(PER_CHANNEL_WARNING)
         warnings.append(PER_CHANNEL_WARNING)
@@ -139,7 +100,7 @@ def run_quantization(cfg: Config, spec: DataSpec, float_model: Path, run_dir: Pa
                                calibrated=calibrated)
     float_layers, trace = list(q.mixed_precision.float_layers), []
     if q.mixed_precision.auto:
-        float_layers, trace = _auto_float_layers(cfg, calibrated, errors, float_model, miou_of)
+        float_layers, trace = _auto_float_layers(cfg, calibrated, errors, float_model, metric_of)
     out_path = run_dir / q.export_dir / output_name(float_model, q.granularity, bool(float_layers))
     converter.convert_calibrated(calibrated, out_path, granularity=q.granularity,
                                  input_type=q.quantization_input_type, output_type=q.quantization_output_type,
@@ -147,7 +108,7 @@ def run_quantization(cfg: Config, spec: DataSpec, float_model: Path, run_dir: Pa
     placement = stm32mp2_placement(out_path) if q.target == "stm32mp2" else None
     return QuantizationResult(path=out_path, float_model=float_model, granularity=q.granularity,
                               input_type=q.quantization_input_type, output_type=q.quantization_output_type,
-                              float_layers=float_layers, calibration=calibration, formatting=formatting,
+                              float_layers=float_layers, calibration=calibration_info, formatting=formatting,
                               layer_errors=errors, inspection=inspect_tflite(out_path),
                               mixed_precision_trace=trace, warnings=warnings, seconds=time.perf_counter() - start,
                               stm32mp2=placement)
@@ -166,12 +127,12 @@ def stm32mp2_placement(path: Path) -> dict:
 
 
 def _auto_float_layers(cfg: Config, calibrated: bytes, errors: list[dict], float_model: Path,
-                       miou_of: Callable[[Path], float]) -> tuple[list[str], list[dict]]:
+                       metric_of: Callable[[Path], float]) -> tuple[list[str], list[dict]]:
     """Automatic mixed precision: the fewest most-sensitive layers in float that keep the drop in bounds."""
     from segzoo.quantization import converter, mixed
 
     q, mp = cfg.quantization, cfg.quantization.mixed_precision
-    float_miou = miou_of(float_model)
+    float_miou = metric_of(float_model)
     logger.info("Mixed precision: float validation mIoU %.2f%%, accepted drop %.2f points, at most %d float layers",
                 100 * float_miou, mp.max_miou_drop, mp.max_float_layers)
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +141,7 @@ def _auto_float_layers(cfg: Config, calibrated: bytes, errors: list[dict], float
             converter.convert_calibrated(calibrated, path, granularity=q.granularity,
                                          input_type=q.quantization_input_type,
                                          output_type=q.quantization_output_type, float_layers=float_layers)
-            miou = miou_of(path)
+            miou = metric_of(path)
             logger.info("  %d float layers: mIoU %.2f%%", len(float_layers), 100 * miou)
             return miou
 

@@ -10,21 +10,14 @@ from segzoo.quantization.quantize import QuantizationResult
 WORST_LAYERS = 10
 
 
-def build_report(result: QuantizationResult, float_eval: dict, quant_eval: dict) -> dict:
-    """The report's data: accuracy of both models, the drop, and what the quantized file is made of."""
+def build_report(result: QuantizationResult, accuracy: dict) -> dict:
+    """The report's data: the task's accuracy comparison (``Task.compare``) and what the quantized file is made of."""
     inspection = result.inspection
-    per_class = {
-        name: {"float": float_eval["per_class_iou"].get(name), "quantized": quant_eval["per_class_iou"].get(name)}
-        for name in float_eval["per_class_iou"]
-    }
     return {
+        **accuracy,
         "float": {"model": str(result.float_model), "size_bytes": result.float_model.stat().st_size,
-                  "miou": float_eval["miou"], "pixel_accuracy": float_eval["pixel_accuracy"]},
-        "quantized": {"model": str(result.path), "size_bytes": inspection["size_bytes"],
-                      "miou": quant_eval["miou"], "pixel_accuracy": quant_eval["pixel_accuracy"]},
-        "miou_drop_points": 100.0 * (float_eval["miou"] - quant_eval["miou"]),
-        "pixel_accuracy_drop_points": 100.0 * (float_eval["pixel_accuracy"] - quant_eval["pixel_accuracy"]),
-        "evaluated_on": quant_eval.get("dataset"),
+                  **accuracy["float"]},
+        "quantized": {"model": str(result.path), "size_bytes": inspection["size_bytes"], **accuracy["quantized"]},
         "granularity": result.granularity,
         "input_type": result.input_type,
         "output_type": result.output_type,
@@ -40,7 +33,6 @@ def build_report(result: QuantizationResult, float_eval: dict, quant_eval: dict)
         "formatting": result.formatting,
         "calibration": result.calibration,
         "mixed_precision_trace": result.mixed_precision_trace,
-        "per_class_iou": per_class,
         "warnings": result.warnings,
         "seconds": result.seconds,
     }

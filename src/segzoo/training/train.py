@@ -32,9 +32,11 @@ CUSTOM_OBJECTS = {"IgnoreAwareCrossEntropy": IgnoreAwareCrossEntropy, "Streaming
 
 @dataclass
 class TrainingResult:
-    """What a training run produced."""
+    """What a training run produced: the best checkpoint (with any training-only heads) and the model exported
+    from it (what evaluation, quantization, benchmarking and deployment use)."""
 
     best_model: Path
+    best_checkpoint: Path
     last_model: Path
     epochs_done: int
     best: float | None
@@ -56,9 +58,11 @@ def make_optimizer(opt: OptimizerConfig) -> keras.optimizers.Optimizer:
 
 def build_or_load_model(cfg: Config, num_classes: int) -> keras.Model:
     """A new model from the registry, or the .keras/.h5 model of ``general.model_path`` to fine-tune."""
+    from segzoo.models.registry import build_from_params, custom_objects
+
     if cfg.general.model_path:
         try:
-            model = keras.saving.load_model(cfg.general.model_path, compile=False)
+            model = keras.saving.load_model(cfg.general.model_path, compile=False, custom_objects=custom_objects())
         except Exception as exc:  # Keras raises many types for unreadable files
             raise ModelError(f"general.model_path: cannot load {cfg.general.model_path!r}: {exc}") from exc
         out_classes = model.output_shape[-1]
@@ -67,13 +71,9 @@ def build_or_load_model(cfg: Config, num_classes: int) -> keras.Model:
                              f"dataset.class_names has {num_classes}")
         logger.info("Fine-tuning %s", cfg.general.model_path)
         return model
-    from segzoo.models.registry import build_model, get_family
-
-    m = cfg.training.model
-    family = get_family(m.name)
-    params = {k: getattr(m, k) for k in family.params if hasattr(m, k)}
-    model = build_model(m.name, input_shape=tuple(m.input_shape), num_classes=num_classes, **params)
-    logger.info("Built %s %s for %d classes, input %s", m.name, params, num_classes, m.input_shape)
+    params = cfg.training.model
+    model = build_from_params(params, num_classes, weights_dirs=cfg.general.weights_dirs)
+    logger.info("Built %s for %d classes: %s", params.name, num_classes, params.to_dict())
     return model
 
 
@@ -138,7 +138,10 @@ def run_training(cfg: Config, spec: DataSpec, run_dir: Path, tracker) -> Trainin
     initial_epoch, best = 0, None
     if resume:
         saved_src, state = resume
-        model = keras.saving.load_model(saved_src / "last_model.keras", custom_objects=CUSTOM_OBJECTS)
+        from segzoo.models.registry import custom_objects
+
+        model = keras.saving.load_model(saved_src / "last_model.keras",
+                                        custom_objects={**custom_objects(), **CUSTOM_OBJECTS})
         initial_epoch, best = int(state["epochs_done"]), state.get("best")
         _carry_over(saved_src, saved_dir, Path(cfg.training.resume_training_from) / cfg.general.logs_dir, logs_dir)
         logger.info("Resuming from %s after epoch %d (best %s %s)", saved_src, initial_epoch, monitor, best)
@@ -173,7 +176,8 @@ def run_training(cfg: Config, spec: DataSpec, run_dir: Path, tracker) -> Trainin
     if not checkpoints.best_path.exists():
         raise ModelError(f"training produced no checkpoint ({monitor} was never finite: check the data and "
                          "the learning rate)")
-    return TrainingResult(best_model=checkpoints.best_path, last_model=checkpoints.last_path,
+    return TrainingResult(best_model=checkpoints.best_path, best_checkpoint=checkpoints.best_path,
+                          last_model=checkpoints.last_path,
                           epochs_done=max(initial_epoch, tr.epochs), best=checkpoints.best, monitor=monitor,
                           curves=curves)
 

@@ -41,7 +41,8 @@ def _is_int8(dtype: Any) -> bool:
     return np.dtype(dtype) in (np.dtype(np.int8), np.dtype(np.uint8))
 
 
-def _load(path: Path) -> Any:
+def load_interpreter(path: Path) -> Any:
+    """A LiteRT interpreter of ``path`` (tensors not allocated); ModelError naming the file if unreadable."""
     from ai_edge_litert.interpreter import Interpreter
 
     try:
@@ -50,23 +51,25 @@ def _load(path: Path) -> Any:
         raise ModelError(f"{path}: cannot read TFLite model: {type(exc).__name__}: {exc}") from exc
 
 
-def _tensor_table(interpreter: Any) -> dict[int, dict]:
+def tensor_table(interpreter: Any) -> dict[int, dict]:
     """Tensor index -> details (name, dtype, shape, quantization_parameters) for subgraph 0."""
     return {int(t["index"]): t for t in interpreter.get_tensor_details()}
 
 
-def _tensor(table: dict[int, dict], interpreter: Any, index: int) -> dict:
+def tensor_detail(table: dict[int, dict], interpreter: Any, index: int) -> dict:
+    """Details of tensor ``index`` (cached in ``table``; intermediate tensors are looked up one by one)."""
     if index not in table:
         table[index] = interpreter._get_tensor_details(index, 0)  # noqa: SLF001 - no public per-index getter
     return table[index]
 
 
-def _scales(detail: dict) -> np.ndarray:
+def tensor_scales(detail: dict) -> np.ndarray:
+    """The quantization scales of a tensor (empty when it is not quantized)."""
     return np.asarray(detail.get("quantization_parameters", {}).get("scales", np.zeros(0)), dtype=np.float64)
 
 
 def _io_summary(detail: dict) -> dict:
-    scales = _scales(detail)
+    scales = tensor_scales(detail)
     zero_points = detail.get("quantization_parameters", {}).get("zero_points", np.zeros(0))
     return {
         "name": detail["name"],
@@ -81,18 +84,18 @@ def _op_summary(op: dict, table: dict[int, dict], interpreter: Any, activations:
     """One op: builtin name, tensor names, int8/float flags, per-channel weights."""
     inputs = [int(i) for i in op["inputs"] if i >= 0]
     outputs = [int(i) for i in op["outputs"] if i >= 0]
-    act_in = [_tensor(table, interpreter, i) for i in inputs if i in activations]
-    outs = [_tensor(table, interpreter, i) for i in outputs]
-    consts = [_tensor(table, interpreter, i) for i in inputs if i not in activations]
+    act_in = [tensor_detail(table, interpreter, i) for i in inputs if i in activations]
+    outs = [tensor_detail(table, interpreter, i) for i in outputs]
+    consts = [tensor_detail(table, interpreter, i) for i in inputs if i not in activations]
     is_float = any(_is_float(t["dtype"]) for t in act_in + outs)
     float_out = any(_is_float(t["dtype"]) for t in outs)
     is_int8 = bool(act_in) and all(_is_int8(t["dtype"]) for t in act_in) and not float_out
-    per_channel = [t["name"] for t in consts if _scales(t).size > 1]
+    per_channel = [t["name"] for t in consts if tensor_scales(t).size > 1]
     return {
         "index": int(op["index"]),
         "name": op["op_name"],
         "tensor": outs[0]["name"] if outs else "",
-        "inputs": [_tensor(table, interpreter, i)["name"] for i in inputs],
+        "inputs": [tensor_detail(table, interpreter, i)["name"] for i in inputs],
         "outputs": [t["name"] for t in outs],
         "int8": is_int8,
         "float": is_float,
@@ -114,8 +117,8 @@ def inspect_tflite(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: TFLite file not found")
-    interpreter = _load(path)
-    table = _tensor_table(interpreter)
+    interpreter = load_interpreter(path)
+    table = tensor_table(interpreter)
     raw_ops = interpreter._get_ops_details()  # noqa: SLF001 - the only op listing ai-edge-litert offers
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
@@ -124,7 +127,7 @@ def inspect_tflite(path: str | Path) -> dict:
         activations.update(int(i) for i in op["outputs"] if i >= 0)
     ops = [_op_summary(op, table, interpreter, activations) for op in raw_ops]
     compute = [op for op in ops if op["name"] not in NON_COMPUTE_OPS]
-    per_channel_tensors = sorted(t["name"] for t in table.values() if _scales(t).size > 1)
+    per_channel_tensors = sorted(t["name"] for t in table.values() if tensor_scales(t).size > 1)
     return {
         "ops": ops,
         "op_histogram": dict(Counter(op["name"] for op in ops)),

@@ -25,22 +25,21 @@ A 512x512 input at stride 16 gets exactly (6, 12, 18); small inputs get small ra
 than the feature map. Non-square inputs get per-axis rates ``(rate_h, rate_w)``.
 
 The model expects MobileNetV2 inputs in [-1, 1] (``x = pixel / 127.5 - 1``); it contains no rescaling layer.
-Nothing is ever downloaded: ``pretrained_weights="imagenet"`` only uses a file already in the Keras cache.
+Pretrained weights are loaded after the build by the registry (``segzoo.models.deeplab_v3.weights``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segzoo.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
+
+    from segzoo.models.deeplab_v3.params import DeepLabV3Params
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +51,6 @@ ASPP_FILTERS = 256
 BASE_RATES_OS16: tuple[int, ...] = (6, 12, 18)
 REFERENCE_SIZE = 513
 MIN_INPUT_SIZE = 32
-KERAS_IMAGENET_ROWS: tuple[int, ...] = (96, 128, 160, 192, 224)
-KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
-WEIGHT_FILE_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5", ".keras")
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -108,128 +104,6 @@ def scaled_dilation_rates(feature_size: int, output_stride: int) -> tuple[int, .
     reference_feature = REFERENCE_SIZE / output_stride
     factor = 16 / output_stride
     return tuple(max(1, _round_half_up(r * factor * feature_size / reference_feature)) for r in BASE_RATES_OS16)
-
-
-# ------------------------------------------------------------------------------------------------ weights
-def keras_cache_dir() -> Path:
-    """The folder where Keras keeps downloaded application weights (``$KERAS_HOME/models`` or ``~/.keras/models``)."""
-    if "KERAS_HOME" in os.environ:
-        base = Path(os.environ["KERAS_HOME"]).expanduser()
-    else:
-        home = Path("~").expanduser()
-        base = home / ".keras" if os.access(home, os.W_OK) else Path("/tmp/.keras")
-    return base / "models"
-
-
-def imagenet_weights_filename(alpha: float, input_shape: tuple[int, int, int]) -> str:
-    """Keras' file name for MobileNetV2 no-top ImageNet weights; rows follow Keras' own rule (square, listed sizes)."""
-    rows, cols = input_shape[0], input_shape[1]
-    if rows != cols or rows not in KERAS_IMAGENET_ROWS:
-        rows = 224
-    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
-
-
-def imagenet_weights_path(alpha: float, input_shape: tuple[int, int, int]) -> Path:
-    """Existing cached ImageNet weight file, or ModelError saying exactly where to put it (nothing is downloaded)."""
-    if input_shape[2] != 3:
-        raise ModelError(
-            f"pretrained_weights='imagenet' needs 3 input channels (RGB); input_shape {tuple(input_shape)} has "
-            f"{input_shape[2]}. Use pretrained_weights: null for grayscale models."
-        )
-    name = imagenet_weights_filename(alpha, input_shape)
-    folder = keras_cache_dir()
-    path = folder / name
-    if not path.is_file():
-        raise ModelError(
-            f"ImageNet weights for the MobileNetV2 backbone (alpha {alpha}) are not in the Keras cache: expected "
-            f"file '{name}' in folder '{folder}'. segzoo never downloads weights at run time. Copy the file there "
-            f"(Keras publishes it at {KERAS_WEIGHTS_URL}{name}; fetch it on a machine with network access), or set "
-            f"KERAS_HOME to a folder whose 'models' subfolder holds it, or use pretrained_weights: null to train "
-            f"from scratch."
-        )
-    return path
-
-
-def _weights_file(value: Any) -> Path:
-    """A user-given weights file that exists and has a supported suffix, else ModelError."""
-    if not isinstance(value, (str, os.PathLike)):
-        raise ModelError(f"pretrained_weights must be null, 'imagenet' or a file path; got {value!r}.")
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise ModelError(f"pretrained_weights file not found: '{path}'. Give an existing .h5 or .keras file.")
-    if path.suffix.lower() not in WEIGHT_FILE_SUFFIXES:
-        raise ModelError(f"pretrained_weights file '{path}' must end in .h5, .hdf5 or .keras (weights file).")
-    return path
-
-
-def _snapshot(model: "keras.Model") -> dict[str, list]:
-    return {layer.name: [w.numpy().copy() for w in layer.weights] for layer in model.layers if layer.weights}
-
-
-def _changed_layers(model: "keras.Model", before: dict[str, list]) -> int:
-    import numpy as np
-
-    changed = 0
-    for layer in model.layers:
-        old = before.get(layer.name)
-        if old and any(not np.array_equal(o, w.numpy()) for o, w in zip(old, layer.weights)):
-            changed += 1
-    return changed
-
-
-def _transfer_from_keras_file(model: "keras.Model", path: Path) -> None:
-    """Copy weights from a saved ``.keras`` model into ``model``, layer by layer, by name and matching shapes."""
-    import keras
-
-    try:
-        source = keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - any load failure is a user-facing model problem
-        raise ModelError(f"Cannot read pretrained_weights file '{path}': {exc}") from exc
-    from segzoo.models.analysis import iter_leaf_layers
-
-    by_name = {layer.name: layer for layer in iter_leaf_layers(source) if layer.weights}
-    for layer in model.layers:
-        src = by_name.get(layer.name)
-        if src is None or not layer.weights:
-            continue
-        src_weights = src.get_weights()
-        if [w.shape for w in src_weights] == [tuple(w.shape) for w in layer.weights]:
-            layer.set_weights(src_weights)
-
-
-def load_weights_by_name(model: "keras.Model", path: Path) -> int:
-    """Load a weights file into ``model`` by layer name, skipping mismatches; the number of layers loaded.
-
-    Legacy ``.h5``: Keras ``by_name=True, skip_mismatch=True`` (works with a MobileNetV2 no-top file or a full
-    DeepLabV3 ``.h5`` whose layer names match). ``.weights.h5``: Keras 3 structural loading with skip_mismatch
-    (same architecture). ``.keras``: the saved model's layers copied by name where shapes match.
-    """
-    before = _snapshot(model)
-    name = path.name.lower()
-    try:
-        # Keras warns about every skipped layer with its full weight arrays: keep only a one-line summary.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if name.endswith(".keras"):
-                _transfer_from_keras_file(model, path)
-            elif name.endswith(".weights.h5"):
-                model.load_weights(path, skip_mismatch=True)
-            else:
-                model.load_weights(path, skip_mismatch=True, by_name=True)
-    except ModelError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - corrupt/foreign files surface as ModelError
-        raise ModelError(f"Cannot load pretrained_weights file '{path}': {exc}") from exc
-    for warning in caught:
-        log.info("while loading %s: %s", path.name, str(warning.message).splitlines()[0][:200])
-    loaded = _changed_layers(model, before)
-    if loaded == 0:
-        raise ModelError(
-            f"pretrained_weights file '{path}' has no layer whose name and shapes match this model "
-            f"({model.name}); nothing was loaded."
-        )
-    log.info("loaded weights of %d/%d layers from %s", loaded, len(before), path)
-    return loaded
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -288,20 +162,12 @@ def _default_name(alpha: float, output_stride: int, aspp: str) -> str:
     return f"deeplab_v3_mobilenetv2_{alpha_tag}_{output_stride}_aspp{aspp}"
 
 
-def _backbone_features(inputs: Any, alpha: float, output_stride: int, weights: str | None) -> Any:
+def _backbone_features(inputs: Any, alpha: float, output_stride: int) -> Any:
     """MobileNetV2 built on ``inputs`` (layers shared, so the final model is flat); the cut feature tensor."""
     import keras
 
-    try:
-        backbone = keras.applications.MobileNetV2(
-            input_tensor=inputs, input_shape=tuple(inputs.shape[1:]), alpha=alpha, include_top=False,
-            weights=weights,
-        )
-    except (OSError, ValueError) as exc:
-        if weights is None:
-            raise
-        raise ModelError(f"Cannot load the MobileNetV2 weights file '{weights}' (alpha {alpha}): {exc}. "
-                         f"The file is damaged or not the no-top file for this alpha; replace it.") from exc
+    backbone = keras.applications.MobileNetV2(input_tensor=inputs, input_shape=tuple(inputs.shape[1:]), alpha=alpha,
+                                              include_top=False, weights=None)
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             # Keras' MobileNetV2 uses 0.999, made for long ImageNet runs: the moving statistics then lag
@@ -318,11 +184,10 @@ def build_deeplabv3(
     output_stride: int = 16,
     aspp: str = "v1",
     dropout: float = 0.1,
-    pretrained_weights: str | os.PathLike | None = None,
     upsample: bool = True,
     name: str | None = None,
 ) -> "keras.Model":
-    """DeepLabV3-MobileNetV2 (see module docstring); ModelError for any unusable option. Never downloads."""
+    """DeepLabV3-MobileNetV2 with random weights (see module docstring); ModelError for any unusable option."""
     _validate_options(num_classes, alpha, output_stride, aspp, dropout, upsample)
     shape = validate_input_shape(input_shape, output_stride)
     alpha = float(alpha)
@@ -330,22 +195,20 @@ def build_deeplabv3(
 
     if keras.config.image_data_format() != "channels_last":
         raise ModelError("segzoo models need Keras image_data_format 'channels_last' (see ~/.keras/keras.json).")
-    backbone_weights: str | None = None
-    weights_file: Path | None = None
-    if isinstance(pretrained_weights, str) and pretrained_weights.lower() == "imagenet":
-        backbone_weights = str(imagenet_weights_path(alpha, shape))
-    elif pretrained_weights is not None:
-        weights_file = _weights_file(pretrained_weights)
-
     inputs = keras.Input(shape=shape, name="input")
-    features = _backbone_features(inputs, alpha, output_stride, backbone_weights)
+    features = _backbone_features(inputs, alpha, output_stride)
     x = aspp_head(features, aspp, output_stride)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     x = keras.layers.Conv2D(num_classes, 1, kernel_initializer="he_normal", name="logits")(x)
     if upsample:
         x = keras.layers.UpSampling2D(size=output_stride, interpolation="bilinear", name="upsampled_logits")(x)
     model = keras.Model(inputs, x, name=name or _default_name(alpha, output_stride, aspp))
-    if weights_file is not None:
-        load_weights_by_name(model, weights_file)
     log.debug("built %s: input %s, output %s", model.name, shape, tuple(model.output.shape[1:]))
     return model
+
+
+def build(params: "DeepLabV3Params", num_classes: int) -> "keras.Model":
+    """The family builder: a DeepLabV3 of ``params`` for ``num_classes`` (weights are loaded by the registry)."""
+    return build_deeplabv3(tuple(params.input_shape), num_classes, alpha=params.alpha,
+                           output_stride=params.output_stride, aspp=params.aspp, dropout=params.dropout,
+                           upsample=params.upsample)

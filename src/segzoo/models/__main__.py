@@ -1,0 +1,54 @@
+"""``python -m segzoo.models``: the model families, their presets and official checkpoints, with parameter counts.
+
+Parameters are counted on the exported (inference) model in the PyTorch convention: trainable weights, BatchNorm
+moving statistics excluded. ``--no-count`` lists without building any model (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from segzoo.models.registry import family_names, get_family
+
+log = logging.getLogger("segzoo.models")
+
+
+def trainable_parameters(family: str, preset: dict) -> int:
+    """Trainable parameters of the exported model of a preset (PyTorch convention)."""
+    from segzoo.models.registry import build_from_params, export_model, make_params
+
+    values = {k: v for k, v in preset.items() if k != "num_classes"}
+    params = make_params(family, **values)
+    model = export_model(build_from_params(params, preset["num_classes"]), params)
+    return int(sum(int(w.numpy().size) for w in model.trainable_weights))
+
+
+def listing(count: bool) -> list[str]:
+    """The lines of the listing."""
+    lines = []
+    for name in family_names():
+        family = get_family(name)
+        lines += [f"{name} ({family.task}): {family.description}"]
+        for preset, values in family.presets.items():
+            shown = ", ".join(f"{k}={v}" for k, v in values.items())
+            params = f"{trainable_parameters(name, dict(values)):,} parameters; " if count else ""
+            lines.append(f"  preset {preset}: {params}{shown}")
+        for source in family.weights.values():
+            lines.append(f"  weights {source.name}: {source.description or source.file_name} ({source.url or 'local'})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the listing."""
+    parser = argparse.ArgumentParser(prog="python -m segzoo.models", description=__doc__.splitlines()[0])
+    parser.add_argument("--no-count", action="store_true", help="do not build models to count their parameters")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    sys.stdout.write("\n".join(listing(count=not args.no_count)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""The benchmark step: the run's models on the configured targets, in one comparison table."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from segzoo.steps.context import MODEL, QUANTIZED, RunContext
+
+logger = logging.getLogger(__name__)
+
+KERAS_SUFFIXES = (".keras", ".h5")
+
+
+def benchmark_models_of(ctx: RunContext) -> tuple[list[Path], list[str]]:
+    """The models to compare: ``benchmarking.models``, else the run's model and its quantized version.
+
+    A Keras model is benchmarked as its float32 TFLite conversion, so that every row uses the same runtime.
+    """
+    from segzoo.quantization.converter import float_tflite_file
+
+    configured = [Path(p) for p in ctx.cfg.benchmarking.models]
+    models = configured or [ctx.model(role) for role in (MODEL, QUANTIZED) if role in ctx.models or role == MODEL]
+    paths, names = [], []
+    for model in models:
+        if model.suffix.lower() in KERAS_SUFFIXES:
+            paths.append(float_tflite_file(model, ctx.run_dir / "benchmark" / f"{model.stem}_float32.tflite"))
+            names.append(f"{model.stem} (float32)")
+        else:
+            paths.append(model)
+            names.append(model.stem)
+    return paths, names
+
+
+def benchmark(ctx: RunContext) -> None:
+    """Benchmark the run's models on ``benchmarking.targets``; one comparison table, plots and metrics."""
+    from segzoo.benchmarking.board import board_row
+    from segzoo.benchmarking.report import benchmark_metrics, benchmark_models, write_benchmark_report
+
+    bench = ctx.cfg.benchmarking
+    paths, names = benchmark_models_of(ctx)
+    local_targets = [t for t in bench.targets if t != "board"]
+    rows = benchmark_models(paths, local_targets, names=names, runs=bench.runs, warmup=bench.warmup,
+                            threads=bench.threads, npu_mhz=bench.npu_mhz, rules_path=bench.rules_path)
+    if "board" in bench.targets:
+        analysed = {r["path"]: r["analysis"] for r in rows if r.get("analysis")}
+        rows += [board_row(path, name, analysed.get(str(path)), bench.board, bench.runs)
+                 for path, name in zip(paths, names)]
+    files = write_benchmark_report(rows, ctx.run_dir)
+    for row in rows:
+        if row["error"]:
+            logger.warning("%s on %s: %s", row["model"], row["target"], row["error"])
+        else:
+            logger.info("%s on %s: %.2f ms%s", row["model"], row["target"], row["latency_ms"],
+                        f" ({row['npu_pct']:.1f}% NPU)" if row.get("npu_pct") is not None else "")
+    ctx.summary["benchmark"] = {"report": str(files.get("json")), "rows": len(rows),
+                                "failed": sum(bool(r["error"]) for r in rows)}
+    ctx.tracker.log_metrics(benchmark_metrics(rows))
+    for path in files.values():
+        ctx.tracker.log_artifact(path, "benchmark")

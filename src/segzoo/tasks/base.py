@@ -1,0 +1,42 @@
+"""What a task gives the steps: evaluation, prediction, calibration data, training and deployment details.
+
+Steps are task-agnostic: they call these methods on ``ctx.task``. A task owns the run's data (its samples,
+preprocessing and evaluation set, resolved once) and writes its own reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Task(Protocol):
+    """One kind of problem (semantic segmentation, pose estimation, ...) and how the pipeline treats it."""
+
+    name: str
+    metric: str
+    """Key of the main metric in an evaluation summary (quantization budgets are in its points)."""
+    metric_label: str
+
+    def train(self) -> Any:
+        """Train as configured; the result names the best checkpoint and the exported model."""
+
+    def evaluate(self, model: Path, role: str) -> dict:
+        """Evaluate ``model``, write its report (prefixed by ``role``), log metrics; the summary."""
+
+    def validation_metric(self, model: Path) -> float:
+        """The main metric of ``model`` on the validation images, without writing a report."""
+
+    def calibration(self, input_hw: tuple[int, int], channels: int) -> tuple[np.ndarray, dict, list[str]]:
+        """Preprocessed calibration inputs ``[N,H,W,C]``, a description for the report, and warnings."""
+
+    def compare(self, float_eval: dict, quantized_eval: dict) -> dict:
+        """The accuracy part of the quantization report (metrics of both models and the drop)."""
+
+    def predict(self, model: Path) -> dict:
+        """Run ``model`` on the prediction inputs and write the outputs; a summary."""
+
+    def deployment(self) -> dict:
+        """What the board bundle needs besides the model (class names, preprocessing, label file)."""

@@ -1,0 +1,153 @@
+"""The semantic-segmentation task: images with masks, mIoU reports, palette predictions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from segzoo.data.resolve import DataSpec, data_spec, training_and_validation
+from segzoo.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from segzoo.data.layouts import Sample
+    from segzoo.steps.context import RunContext
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+REPORT_PREFIX = {"model": "", "quantized": "quantized_"}
+
+
+class SemanticSegmentation:
+    """Semantic segmentation for one run (its data is resolved once, on first use)."""
+
+    name = "semantic_segmentation"
+    metric = "miou"
+    metric_label = "mIoU"
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self._spec: DataSpec | None = None
+        self._evaluation_set: tuple[str, list[Sample]] | None = None
+
+    @property
+    def spec(self) -> DataSpec:
+        """The resolved data (generates the built-in dataset if needed)."""
+        if self._spec is None:
+            self._spec = data_spec(self.ctx.cfg)
+        return self._spec
+
+    # ------------------------------------------------------------------------------------------- training
+    def train(self) -> Any:
+        """Train as configured (``segzoo.training``)."""
+        from segzoo.training.train import run_training
+
+        return run_training(self.ctx.cfg, self.spec, self.ctx.run_dir, self.ctx.tracker)
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def evaluation_samples(self) -> tuple[str, list[Sample]]:
+        """(split, checked samples) that every evaluation of this run uses."""
+        if self._evaluation_set is None:
+            from segzoo.data.loader import scan_samples
+            from segzoo.data.resolve import evaluation_samples
+
+            cfg, spec = self.ctx.cfg, self.spec
+            split, samples = evaluation_samples(spec, cfg.evaluation.split)
+            samples = scan_samples(samples, spec.mapper, spec.dataset.on_bad_sample, desc=f"Checking {split} set")
+            self._evaluation_set = (split, samples[: cfg.evaluation.max_images or None])
+        return self._evaluation_set
+
+    def _run(self, model: Path, samples: list[Sample], desc: str):
+        from segzoo.evaluation.evaluate import evaluate as run_evaluation
+        from segzoo.runners import load_runner
+
+        cfg, spec = self.ctx.cfg, self.spec
+        runner = load_runner(model, num_threads=cfg.general.num_threads_tflite)
+        return run_evaluation(runner, samples, spec.mapper, spec.pp, list(spec.class_names),
+                              ignore_index=spec.ignore_index, resolution=cfg.evaluation.resolution, desc=desc)
+
+    def evaluate(self, model: Path, role: str) -> dict:
+        """Evaluate ``model`` on the run's evaluation set; reports, plots and MLflow metrics."""
+        from segzoo.evaluation.reports import write_evaluation_report
+
+        ctx, spec = self.ctx, self.spec
+        split, samples = self.evaluation_samples()
+        logger.info("Evaluating %s on %d %s images", model, len(samples), split)
+        result = self._run(model, samples, f"Evaluating {model.name} on {split}")
+        prefix = REPORT_PREFIX[role]
+        dataset = spec.describe(split, samples)
+        paths = write_evaluation_report(result, ctx.run_dir, model_path=model, dataset=dataset,
+                                        class_names=list(spec.class_names), prefix=prefix)
+        m = result.metrics
+        if m["miou"] is None:
+            raise DataError(f"no labelled pixel in the {split} masks: every pixel is dataset.ignore_index or "
+                            "unmapped (check dataset.class_mapping)")
+        logger.info("%s: mIoU %.2f%%, pixel accuracy %.2f%% on %d images (%s)", model.name, 100 * m["miou"],
+                    100 * m["pixel_accuracy"], result.num_images, paths.get("md", ctx.run_dir))
+        metrics = {"eval_miou": m["miou"], "eval_pixel_accuracy": m["pixel_accuracy"],
+                   "eval_mean_accuracy": m.get("mean_accuracy"), "eval_images_per_second": result.images_per_second}
+        metrics.update({f"eval_iou_{name}": v for name, v in m["per_class_iou"].items() if v is not None})
+        ctx.tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()})
+        for path in paths.values():
+            ctx.tracker.log_artifact(path, "evaluation")
+        return {"model": str(model), "miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
+                "per_class_iou": m["per_class_iou"], "split": split, "dataset": dataset}
+
+    def validation_metric(self, model: Path) -> float:
+        """Validation mIoU of a candidate model (automatic mixed precision); no report written."""
+        mp = self.ctx.cfg.quantization.mixed_precision
+        _, val = training_and_validation(self.spec)
+        samples = (val or self.evaluation_samples()[1])[: mp.validation_images or None]
+        return float(self._run(model, samples, f"Validating {model.name}").metrics["miou"])
+
+    def compare(self, float_eval: dict, quantized_eval: dict) -> dict:
+        """mIoU and pixel accuracy of both models, their drops in points, and per-class IoU."""
+        per_class = {name: {"float": float_eval["per_class_iou"].get(name),
+                            "quantized": quantized_eval["per_class_iou"].get(name)}
+                     for name in float_eval["per_class_iou"]}
+        drop = 100.0 * (float_eval["miou"] - quantized_eval["miou"])
+        return {
+            "metric": self.metric, "metric_label": self.metric_label, "metric_drop_points": drop,
+            "float": {"miou": float_eval["miou"], "pixel_accuracy": float_eval["pixel_accuracy"]},
+            "quantized": {"miou": quantized_eval["miou"], "pixel_accuracy": quantized_eval["pixel_accuracy"]},
+            "miou_drop_points": drop,
+            "pixel_accuracy_drop_points": 100.0 * (float_eval["pixel_accuracy"] - quantized_eval["pixel_accuracy"]),
+            "per_class_iou": per_class,
+            "evaluated_on": quantized_eval.get("dataset"),
+        }
+
+    # ---------------------------------------------------------------------------------------- quantization
+    def calibration(self, input_hw: tuple[int, int], channels: int) -> tuple[np.ndarray, dict, list[str]]:
+        """Preprocessed calibration images (``dataset.quantization_*``, else the training set)."""
+        from segzoo.tasks.semantic_segmentation.calibration import calibration_data
+
+        return calibration_data(self.ctx.cfg, self.spec, input_hw, channels)
+
+    # ------------------------------------------------------------------------------------------ prediction
+    def predict(self, model: Path) -> dict:
+        """Segment every image of ``prediction.test_files_path``: index masks and overlays."""
+        from segzoo.prediction import predict_images
+        from segzoo.runners import load_runner
+
+        cfg = self.ctx.cfg
+        folder = Path(cfg.prediction.test_files_path)
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DataError(f"prediction.test_files_path: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        images = images[: cfg.prediction.max_images or None]
+        runner = load_runner(model, num_threads=cfg.general.num_threads_tflite)
+        out_dir = self.ctx.run_dir / "predictions"
+        rows = predict_images(runner, images, out_dir, self.spec.pp, list(self.spec.class_names),
+                              alpha=cfg.prediction.overlay_alpha)
+        logger.info("Wrote %d predictions to %s", len(rows), out_dir)
+        self.ctx.tracker.log_artifact(out_dir, "predictions")
+        return {"images": len(rows), "folder": str(out_dir)}
+
+    # ------------------------------------------------------------------------------------------ deployment
+    def deployment(self) -> dict:
+        """Class names and preprocessing shipped with the board bundle."""
+        return {"class_names": list(self.spec.class_names), "preprocessing": self.spec.pp.to_dict(),
+                "label_file": self.ctx.cfg.deployment.label_file_path}
