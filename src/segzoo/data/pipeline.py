@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -91,11 +91,13 @@ def _augmented(ds: tf.data.Dataset, augment: Callable, seed: int) -> tf.data.Dat
 
 def make_dataset(samples: list[Sample], mapper: ClassMapper, input_hw: tuple[int, int], pp: Preprocessing,
                  batch_size: int, *, shuffle: bool = False, augment: Callable | None = None, seed: int = 0,
-                 cache: bool = True, drop_remainder: bool = False) -> tf.data.Dataset:
+                 cache: bool = True, drop_remainder: bool = False,
+                 targets: Mapping[str, Callable] | None = None) -> tf.data.Dataset:
     """Batches of (images float32 [B, H, W, C] rescaled per ``pp``, masks int32 [B, H, W]).
 
     ``cache`` keeps the decoded, resized uint8 samples in memory (before augmentation). ``shuffle``
-    reshuffles every epoch, repeatably for a ``seed``. ``augment`` gets 0..255 float images.
+    reshuffles every epoch, repeatably for a ``seed``. ``augment`` gets 0..255 float images. With ``targets``
+    (name -> function of the int32 label map), the second element is a dict: ``{"labels": masks, name: ...}``.
     """
     if not samples:
         raise DataError("no samples to build a dataset from")
@@ -118,6 +120,9 @@ def make_dataset(samples: list[Sample], mapper: ClassMapper, input_hw: tuple[int
         ds = _augmented(ds, augment, seed)
     ds = ds.map(lambda image, mask: (to_model_values(image, pp), tf.cast(mask, tf.int32)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if targets:
+        ds = ds.map(lambda x, labels: (x, {"labels": labels, **{k: fn(labels) for k, fn in targets.items()}}),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -14,29 +15,42 @@ from segzoo.io import atomic_path, write_json
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.json"
+STATE_WEIGHTS = "last_state.weights.h5"
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """Save ``last_model.keras`` every epoch and ``best_model.keras`` on improvement, atomically.
+    """Atomic checkpoints of the trained network, every epoch, with the state to resume from.
 
-    ``training_state.json`` beside them records the epochs done and the best value so that
-    ``training.resume_training_from`` continues where a run stopped.
+    Every epoch: ``last_model.keras`` (the network, with any training-only heads), ``last_state.weights.h5`` (the
+    network and the optimizer's variables) and ``training_state.json`` (epochs done, best value). On improvement of
+    ``monitor``: ``best_model.keras``, the exported model (training heads dropped) that evaluation, quantization and
+    deployment use, and, for networks with training heads, ``best_checkpoint.keras`` (the network itself).
     """
 
-    def __init__(self, saved_dir: Path, monitor: str, best: float | None = None) -> None:
+    def __init__(self, saved_dir: Path, monitor: str, best: float | None = None,
+                 export: Callable[[keras.Model], keras.Model] | None = None) -> None:
         super().__init__()
         self.saved_dir, self.monitor = Path(saved_dir), monitor
         self.mode_max = not monitor.endswith("loss")
         self.best = best
         self.best_epoch: int | None = None
+        self.export = export
 
     @property
     def best_path(self) -> Path:
         return self.saved_dir / "best_model.keras"
 
     @property
+    def best_checkpoint_path(self) -> Path:
+        return self.saved_dir / "best_checkpoint.keras" if self.export else self.best_path
+
+    @property
     def last_path(self) -> Path:
         return self.saved_dir / "last_model.keras"
+
+    @property
+    def state_path(self) -> Path:
+        return self.saved_dir / STATE_WEIGHTS
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -45,14 +59,21 @@ class Checkpoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
+        network = getattr(self.model, "network", self.model)
         value = logs.get(self.monitor)
         if value is None or not math.isfinite(float(value)):
             logger.warning("checkpoint monitor %r missing or not finite at epoch %d", self.monitor, epoch + 1)
         elif self._improved(float(value)):
             logger.info("epoch %d: %s improved to %.4f, saving %s", epoch + 1, self.monitor, value, self.best_path)
             self.best, self.best_epoch = float(value), epoch + 1
-            _save(self.model, self.best_path)
-        _save(self.model, self.last_path)
+            if self.export is not None:
+                _save(network, self.best_checkpoint_path)
+                _save(self.export(network), self.best_path)
+            else:
+                _save(network, self.best_path)
+        _save(network, self.last_path)
+        with atomic_path(self.state_path, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
         write_json(self.saved_dir / STATE_FILE, {"epochs_done": epoch + 1, "monitor": self.monitor,
                                                  "best": self.best, "best_epoch": self.best_epoch})
 
