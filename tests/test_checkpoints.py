@@ -175,6 +175,26 @@ def test_plain_pickle_numpy_layouts_scalars_and_namespace(tmp_path: Path) -> Non
         assert out["none"] is None and out["c"] == 1 + 2j
 
 
+def test_python2_era_pickle_with_byte_strings(tmp_path: Path) -> None:
+    """Python 2 pickled NumPy arrays with str (BINSTRING) data and dtype('f4', 0, 1); read as latin-1 bytes."""
+    raw = np.array([1.5, -2.0], np.float32).tobytes()
+    data = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R(K\x01K\x02\x85"
+            b"cnumpy\ndtype\nU\x02f4K\x00K\x01\x87R(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x08"
+            + raw + b"tb.")
+    assert np.array_equal(pickle.loads(data, encoding="latin1"), [1.5, -2.0])  # what NumPy itself makes of it
+    path = tmp_path / "py2.pkl"
+    path.write_bytes(data)
+    out = read_checkpoint(path)
+    assert out.dtype == np.float32 and np.array_equal(out, [1.5, -2.0])
+
+
+def test_deep_nesting_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.pkl"
+    path.write_bytes(b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".")
+    with pytest.raises(CheckpointError, match="deep.pkl: the pickled object is nested too deeply"):
+        read_checkpoint(path)
+
+
 # --------------------------------------------------------------------------- byte layout the real torch reads
 # `pickletools.dis` of torch.save(TinyNet().state_dict()) (torch 2.x): the first tensor, conv.weight of shape
 # (2, 1, 3, 3), as documented opcode by opcode (offset: opcode, argument).
@@ -213,6 +233,20 @@ def test_zip_writer_matches_torch_save_byte_layout(tmp_path: Path) -> None:
     ops = {pos: (op.name, arg) for op, arg, pos in pickletools.genops(data_pkl)}
     for pos, expected in TORCH_SAVE_DATA_PKL.items():
         assert ops.get(pos) == expected, f"data.pkl byte {pos}: {ops.get(pos)} != {expected}"
+
+
+def test_zip_writer_pickles_a_tensor_byte_for_byte_like_torch_save(tmp_path: Path) -> None:
+    """data.pkl of torch.save(torch.arange(12.).reshape(3, 4)), opcode by opcode, as torch 1.x/2.x writes it."""
+    expected = (b"\x80\x02" + _g("torch._utils", "_rebuild_tensor_v2") + b"q\x00((" + _s("storage") + b"q\x01"
+                + _g("torch", "FloatStorage") + b"q\x02" + _s("0") + b"q\x03" + _s("cpu") + b"q\x04K\x0ctq\x05Q"
+                + b"K\x00K\x03K\x04\x86q\x06K\x04K\x01\x86q\x07\x89" + _g("collections", "OrderedDict")
+                + b"q\x08)Rq\ttq\nRq\x0b.")
+    tensor = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = write_torch_zip(tmp_path / "t.pt", tensor, archive_name="archive")
+    with zipfile.ZipFile(path) as archive:
+        assert archive.read("archive/data.pkl") == expected
+        assert archive.read("archive/data/0") == tensor.tobytes()
+    assert np.array_equal(read_checkpoint(path), tensor)
 
 
 def test_legacy_writer_byte_layout(tmp_path: Path) -> None:
@@ -409,6 +443,7 @@ def test_truncated_and_corrupt_files_name_the_file_and_the_fault(tmp_path: Path)
     cases["cut.pdparams"] = (pdparams[: len(pdparams) - 10], "truncated")
     cases["empty.pt"] = (b"", "empty")
     cases["text.pt"] = (b"\x00\x01version https://git-lfs", "not a PyTorch, Paddle or pickle checkpoint")
+    cases["array.npy"] = (b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'", "NumPy .npy array file")
     for name, (data, message) in cases.items():
         path = tmp_path / name
         path.write_bytes(data)

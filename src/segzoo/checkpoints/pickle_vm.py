@@ -45,17 +45,20 @@ _HOSTILE_MODULES = (
     "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "builtins", "__builtin__", "importlib",
     "runpy", "shutil", "socket", "pickle", "_pickle", "cPickle", "marshal", "types", "ctypes", "code", "codeop",
     "pty", "commands", "webbrowser", "multiprocessing", "asyncio", "operator", "functools", "inspect", "pdb",
-    "bdb", "timeit", "platform", "tempfile", "pathlib", "io", "_io", "zipimport", "pkgutil", "site", "signal",
-    "threading", "_thread", "gc", "copyreg", "copy_reg", "dill", "cloudpickle", "joblib", "urllib", "http",
-    "ftplib", "smtplib", "telnetlib", "requests", "numpy.ctypeslib", "numpy.f2py", "numpy.distutils",
+    "bdb", "timeit", "profile", "cProfile", "trace", "doctest", "pydoc", "idlelib", "lib2to3", "distutils",
+    "ensurepip", "venv", "platform", "tempfile", "pathlib", "io", "_io", "zipimport", "pkgutil", "site",
+    "signal", "threading", "_thread", "gc", "copyreg", "copy_reg", "dill", "cloudpickle", "joblib", "urllib",
+    "http", "ftplib", "smtplib", "imaplib", "telnetlib", "requests", "aiohttp", "httpx", "logging.handlers",
+    "_aix_support", "_osx_support", "_pyrepl", "test", "numpy.ctypeslib", "numpy.f2py", "numpy.distutils",
     "numpy.testing", "torch.hub", "torch.jit", "torch.ops", "torch._C", "torch.serialization", "torch.package",
-    "torch.utils.cpp_extension", "torch._dynamo",
+    "torch.fx", "torch.utils.bottleneck", "torch.utils.collect_env", "torch.utils.cpp_extension",
+    "torch.utils.data", "torch.utils._config_module", "torch._dynamo",
 )
 """Modules (and their submodules) whose names a weights file never needs: refused even in lenient mode."""
 
 _HOSTILE_NAMES = frozenset({
     "numpy.load", "numpy.loadtxt", "numpy.genfromtxt", "numpy.fromfile", "numpy.save", "numpy.savez",
-    "numpy.lib.npyio.load", "torch.load", "torch.save",
+    "numpy.lib.npyio.load", "torch.load", "torch.save", "logging.FileHandler", "uuid._get_command_stdout",
 })
 
 _STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",

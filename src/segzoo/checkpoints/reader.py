@@ -7,7 +7,7 @@ The format is detected from the content, not the file name:
 - pickle (Paddle ``.pdparams``, mmseg/timm ``.pth`` written with plain pickle, any pickle of arrays): a pickle
   opcode first; Paddle's split of parameters over 4 GB (``UnpackBigParamInfor@@``) is joined back as
   ``paddle.load`` does;
-- the tar layout of torch before 0.4 is recognised and refused.
+- the tar layout of torch before 0.4 and NumPy ``.npy`` files are recognised and refused with a clear message.
 
 All of them go through the restricted interpreter of :mod:`segzoo.checkpoints.pickle_vm` with the allow-list
 of :mod:`segzoo.checkpoints.allowlist`; tensors come back as NumPy arrays.
@@ -63,6 +63,10 @@ def _is_tar(head: bytes) -> bool:
     return head[257:262] == b"ustar"
 
 
+def _is_npy(head: bytes) -> bool:
+    return head[:6] == b"\x93NUMPY"
+
+
 def _is_torch_legacy(head: bytes) -> bool:
     """Whether the file starts with the pickled magic number of legacy torch files."""
     try:
@@ -74,6 +78,11 @@ def _is_torch_legacy(head: bytes) -> bool:
 def _refuse_tar(path: str, table: Mapping[str, Global], lenient: bool) -> Any:
     raise CheckpointError(f"{path}: a tar checkpoint of torch before 0.4 is not supported; load it with an old "
                           "torch and save its state_dict() again")
+
+
+def _refuse_npy(path: str, table: Mapping[str, Global], lenient: bool) -> Any:
+    raise CheckpointError(f"{path}: a NumPy .npy array file, not a checkpoint; read it with "
+                          "numpy.load(path, allow_pickle=False)")
 
 
 def _read_zip(path: str, table: Mapping[str, Global], lenient: bool) -> Any:
@@ -99,6 +108,7 @@ def _read_pickle(path: str, table: Mapping[str, Global], lenient: bool) -> Any:
 FORMATS: tuple[CheckpointFormat, ...] = (
     CheckpointFormat("torch zip", _is_zip, _read_zip),
     CheckpointFormat("torch tar", _is_tar, _refuse_tar),
+    CheckpointFormat("numpy npy", _is_npy, _refuse_npy),
     CheckpointFormat("torch legacy", _is_torch_legacy, _read_legacy),
     CheckpointFormat("pickle", starts_like_pickle, _read_pickle),
 )
@@ -164,7 +174,8 @@ def read_state_dict(path: str | Path, prefixes: Sequence[str] = ("state_dict", "
     source = str(path)
     obj = read_checkpoint(path, lenient=True)
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: the checkpoint holds a {type(obj).__name__}, not a dict of weights")
+        raise CheckpointError(f"{source}: the checkpoint holds one {type(obj).__name__} object, not a dict of "
+                              "weights")
     top_keys = list(obj)
     chosen = next((p for p in prefixes if isinstance(obj.get(p), Mapping)), None)
     state = obj[chosen] if chosen is not None else obj

@@ -183,7 +183,8 @@ def zip_root(names: list[str], source: str) -> str:
     candidates = [first] if first + "data.pkl" in names else sorted(
         {name[: -len("data.pkl")] for name in names if name.endswith("/data.pkl") and name.count("/") == 1})
     if not candidates:
-        raise CheckpointError(f"{source}: a zip archive without <root>/data.pkl is not a torch.save checkpoint "
+        kind = "a NumPy .npz archive" if all(n.endswith(".npy") for n in names) else "a zip archive"
+        raise CheckpointError(f"{source}: {kind} without <root>/data.pkl is not a torch.save checkpoint "
                               f"(entries: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
     if len(candidates) > 1:
         raise CheckpointError(f"{source}: several data.pkl in the archive ({', '.join(candidates)})")
