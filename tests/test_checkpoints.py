@@ -436,7 +436,7 @@ def test_truncated_and_corrupt_files_name_the_file_and_the_fault(tmp_path: Path)
     zipped = write_torch_zip(tmp_path / "ok.pt", state).read_bytes()
     cases["zip_cut.pt"] = (zipped[: len(zipped) // 2], "not a readable zip archive")
     legacy = write_torch_legacy(tmp_path / "ok.tar", state).read_bytes()
-    cases["legacy_cut_data.tar"] = (legacy[:-3], "storage 0: the file ends after 253 of 256 bytes")
+    cases["legacy_cut_data.tar"] = (legacy[:-3], "ends before the 64 x float32 data of storage 0")
     cases["legacy_cut_pickle.tar"] = (legacy[:60], "BINUNICODE at byte 53 .the data ends there: truncated")
     cases["legacy_no_stop.tar"] = (legacy[:136], "ends at byte 136 before the pickle's STOP")
     pdparams = write_pdparams(tmp_path / "ok.pdparams", state).read_bytes()
@@ -477,6 +477,16 @@ def test_bad_zip_contents(tmp_path: Path) -> None:
     overrun = _zip(tmp_path / "overrun.pt", {"data.pkl": past, "data/0": bytes(16), "version": b"3\n"})
     with pytest.raises(CheckpointError, match="overrun.pt.*storage holds 4 elements.*reads element 5"):
         read_checkpoint(overrun)
+    # a forged directory entry claiming 1 GB for a 16-byte record is refused before any allocation
+    huge = past.replace(_i(4), _i(250_000_000))
+    forged = _zip(tmp_path / "forged.pt", {"data.pkl": huge, "data/0": bytes(16), "version": b"3\n"})
+    raw = bytearray(forged.read_bytes())
+    entry = raw.rindex(b"archive/data/0") - 46  # its central-directory header (the name's last occurrence)
+    assert raw[entry:entry + 4] == b"PK\x01\x02"
+    raw[entry + 20:entry + 28] = struct.pack("<II", 10**9, 10**9)  # compressed and uncompressed sizes
+    forged.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="forged.pt.*claims 1000000000 bytes, more than the file holds"):
+        read_checkpoint(forged)
 
 
 def test_old_tar_checkpoints_are_refused_clearly(tmp_path: Path) -> None:

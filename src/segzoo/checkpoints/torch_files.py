@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import struct
 import zipfile
 from collections import Counter
@@ -91,10 +92,11 @@ class _Storages:
 class ZipStorages(_Storages):
     """Storages of a torch zip archive, read from ``<root>/data/<key>`` on first use."""
 
-    def __init__(self, archive: zipfile.ZipFile, root: str, source: str, byteorder: str) -> None:
+    def __init__(self, archive: zipfile.ZipFile, root: str, source: str, byteorder: str, file_size: int) -> None:
         super().__init__(source, byteorder)
         self._archive = archive
         self._root = root
+        self._file_size = file_size
 
     def persistent_load(self, pid: Any) -> StorageRef:
         """Resolve ``('storage', StorageType, key, location, numel)``."""
@@ -115,6 +117,8 @@ class ZipStorages(_Storages):
         if info.file_size != nbytes:
             raise ValueError(f"storage record {name} holds {info.file_size} bytes but the pickle declares {numel} "
                              f"x {dtype.name} = {nbytes} bytes (truncated or corrupt file)")
+        if info.compress_type == zipfile.ZIP_STORED and info.header_offset + nbytes > self._file_size:
+            raise ValueError(f"storage record {name} claims {nbytes} bytes, more than the file holds (corrupt file)")
         buffer = np.empty(nbytes, dtype=np.uint8)
         with self._archive.open(info) as handle:
             _read_exactly(handle, buffer, name)
@@ -148,6 +152,9 @@ class LegacyStorages(_Storages):
             if key not in self._dtypes:
                 raise ValueError(f"storage {key} has data but no tensor refers to it")
             dtype, numel = self._dtypes[key]
+            if stream.tell() + 8 + numel * dtype.itemsize > os.fstat(stream.fileno()).st_size:
+                raise ValueError(f"the file ends before the {numel} x {dtype.name} data of storage {key} "
+                                 "(truncated file)")
             header = stream.read(8)
             if len(header) != 8:
                 raise ValueError(f"the file ends before the data of storage {key} (truncated file)")
@@ -203,20 +210,26 @@ def read_torch_zip(path: str, table: Mapping[str, Global], *, lenient: bool) -> 
         raise CheckpointError(f"{path}: not a readable zip archive ({exc}); the file is truncated or "
                               "corrupt") from exc
     with archive:
-        names = archive.namelist()
-        root = zip_root(names, path)
-        byteorder = "little"
-        if root + "byteorder" in names:
-            byteorder = archive.read(root + "byteorder").decode("ascii", "replace").strip()
-            if byteorder not in ("little", "big"):
-                raise CheckpointError(f"{path}: unknown byte order {byteorder!r} in {root}byteorder")
-        storages = ZipStorages(archive, root, path, byteorder)
-        vm = RestrictedUnpickler(table, source=path, lenient=lenient, persistent_load=storages.persistent_load)
+        root = zip_root(archive.namelist(), path)
         try:
+            byteorder = _zip_byteorder(archive, root)
+            storages = ZipStorages(archive, root, path, byteorder, os.path.getsize(path))
+            vm = RestrictedUnpickler(table, source=path, lenient=lenient,
+                                     persistent_load=storages.persistent_load)
             obj = vm.load(io.BytesIO(archive.read(root + "data.pkl")))
             return materialize(obj)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def _zip_byteorder(archive: zipfile.ZipFile, root: str) -> str:
+    """The ``byteorder`` record (``little`` when absent, as in files of torch before 2.1)."""
+    if root + "byteorder" not in archive.namelist():
+        return "little"
+    byteorder = archive.read(root + "byteorder").decode("ascii", "replace").strip()
+    if byteorder not in ("little", "big"):
+        raise ValueError(f"unknown byte order {byteorder!r} in {root}byteorder")
+    return byteorder
 
 
 def read_torch_legacy(path: str, table: Mapping[str, Global], *, lenient: bool) -> Any:

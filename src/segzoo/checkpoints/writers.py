@@ -232,7 +232,9 @@ def _write_aligned_zip(path: Path, root: str, records: list[tuple[str, bytes]]) 
             full_name = f"{root}/{name}"
             info = zipfile.ZipInfo(full_name, date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_STORED
-            data_start = handle.tell() + 30 + len(full_name.encode("utf-8")) + 4
+            # zipfile appends a 20-byte ZIP64 extra field to the local header of records near 4 GiB
+            zip64 = 20 if len(data) * 1.05 > zipfile.ZIP64_LIMIT else 0
+            data_start = handle.tell() + 30 + len(full_name.encode("utf-8")) + 4 + zip64
             padding = -data_start % ZIP_ALIGNMENT
             info.extra = b"FB" + struct.pack("<H", padding) + b"Z" * padding
             archive.writestr(info, data)
