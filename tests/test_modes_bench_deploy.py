@@ -46,7 +46,10 @@ def test_chain_qb_compares_float_and_int8(tmp_path, dataset_root, trained_run) -
 
 
 def test_chain_qd_deploys_a_verified_bundle_and_runs_it(tmp_path, dataset_root, trained_run, sshd_server) -> None:
-    image_dir = tmp_path / "board images; $(touch pwned)"
+    # If the name reached a shell unquoted, the payload would create ~/pwned on the board (the same user here).
+    marker = Path.home() / "pwned"
+    marker.unlink(missing_ok=True)
+    image_dir = tmp_path / "board images; $(cd; touch pwned)"
     image_dir.mkdir()
     source = next((dataset_root / "synthetic_shapes" / "JPEGImages").glob("*.jpg"))
     (image_dir / source.name).write_bytes(source.read_bytes())
@@ -66,8 +69,23 @@ def test_chain_qd_deploys_a_verified_bundle_and_runs_it(tmp_path, dataset_root, 
     assert any(name.endswith(".tflite") for name in manifest["files"])
     overlays = list(Path(deploy_path + "_results").glob("*_overlay.png"))
     assert len(overlays) == 1
-    assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
+    assert not marker.exists(), "a configured path was executed by the board's shell"
+    _injection_control(sshd_server)
     assert not list(sshd_server.board_root.glob("*.tmp-*"))
     saved = (tmp_path / "qd" / "config.yaml").read_text()
     assert str(sshd_server.identity_file) in saved  # a path is not a secret; key content never appears
     assert "PRIVATE KEY" not in saved
+
+
+def _injection_control(sshd_server) -> None:
+    """The same payload, deliberately handed to the board's shell unquoted, does create ~/pwned_control: the
+    location checked above is where an injected command writes."""
+    from segzoo.remote import Remote
+
+    control = Path.home() / "pwned_control"
+    control.unlink(missing_ok=True)
+    with Remote(sshd_server.target()) as remote:
+        remote.run(["sh", "-c", "echo board images; $(cd; touch pwned_control)"], timeout=30)
+    assert control.exists()
+    control.unlink()
+
