@@ -136,6 +136,14 @@ def test_saved_and_loaded_model_computes_the_same(imported, tmp_path) -> None:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_quantization_loads_a_float_tflite(imported) -> None:
+    from segzoo.quantization.quantize import load_float_model
+
+    path, _, _ = imported["deeplabv3_257"]
+    model = load_float_model(path)
+    assert model.input_shape == (None, 257, 257, 3) and model.output_shape == (None, 257, 257, 21)
+
+
 # ------------------------------------------------------------------------------------------- sparsity
 def test_densify_equals_the_interpreter_on_the_detector_weights() -> None:
     import warnings
@@ -527,3 +535,16 @@ def test_truncated_and_foreign_files_are_model_errors(tmp_path) -> None:
     with pytest.raises(ModelError, match="not a TFLite flatbuffer"):
         import_tflite(text)
 
+
+def test_config_accepts_a_float_tflite_for_quantization_and_refuses_a_quantized_one(st_model) -> None:
+    from segzoo.config.checks import check_mode
+    from segzoo.config.validate import build_config
+
+    float_model = shared_path("pretrained", "google_deeplabv3_257_float", "deeplabv3_257_mv_gpu.tflite")
+    for mode in ("quantization", "chain_eqe", "chain_eqeb", "chain_qb", "chain_qd"):
+        for model, refused in ((float_model, False), (st_model, True)):
+            cfg, errors = build_config({"operation_mode": mode, "general": {"model_path": str(model)}})
+            assert not errors
+            problems = [e for e in check_mode(cfg) if e.startswith("general.model_path")]
+            assert bool(problems) == refused, (mode, model.name, problems)
+            assert all("already quantized" in e and "float" in e for e in problems)

@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 from segzoo.config.schema import Config
 from segzoo.data import SYNTHETIC_DATASET as SYNTHETIC
-from segzoo.errors import ConfigError
+from segzoo.errors import ConfigError, ModelError
 from segzoo.modes import MODES, steps_for
 from segzoo.runners import KERAS_SUFFIXES, TFLITE_SUFFIXES
 
@@ -180,6 +180,23 @@ def _needs_calibration_images(cfg: Config, mode: str, steps: tuple[str, ...]) ->
     return []
 
 
+def _needs_float_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """A .tflite to quantize must be a float model (it is rebuilt as Keras); a quantized one is refused here."""
+    path = cfg.general.model_path
+    if "train" in steps or _model_suffix(cfg) != ".tflite" or not Path(path).is_file():
+        return []
+    from segzoo.litert.flatbuffer import quantization_problem, read_flatbuffer
+
+    try:
+        problem = quantization_problem(read_flatbuffer(path))
+    except ModelError as exc:
+        return [f"general.model_path: {exc}"]
+    if problem:
+        return [f"general.model_path: {path!r} is already quantized ({problem}) and cannot be quantized again; "
+                "give the float model (a float .tflite, or the .keras/.h5 model)"]
+    return []
+
+
 def _needs_prediction_inputs(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
     return _require(cfg, ["prediction.test_files_path"], mode)
 
@@ -211,7 +228,7 @@ STEP_REQUIREMENTS = MappingProxyType({
     "train": (_needs_training_data, _needs_classes),
     "evaluate": (_needs_model, _needs_classes, _needs_evaluation_images),
     "quantization_report": (_needs_model, _needs_classes, _needs_evaluation_images),
-    "quantize": (_needs_model, _needs_classes, _needs_calibration_images),
+    "quantize": (_needs_model, _needs_float_model, _needs_classes, _needs_calibration_images),
     "predict": (_needs_model, _needs_classes, _needs_prediction_inputs),
     "benchmark": (_needs_model, _needs_benchmark_targets),
     "deploy": (_needs_model, _needs_classes, _needs_deployable_model),

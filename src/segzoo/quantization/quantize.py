@@ -55,10 +55,18 @@ def representative(batch: np.ndarray, limit: int | None = None) -> Callable[[], 
 
 
 def load_float_model(path: Path):
-    """The float Keras model to quantize; a .tflite or unreadable file is a ModelError."""
+    """The float Keras model to quantize: a ``.keras``/``.h5`` file, or a float ``.tflite`` rebuilt as an equivalent
+    Keras model (:mod:`segzoo.litert`, checked against the file on a random input); ModelError when unreadable or
+    when the ``.tflite`` is already quantized."""
     if path.suffix.lower() == ".tflite":
-        raise ModelError(f"{path}: a .tflite model is already converted and cannot be quantized again; "
-                         "give the float .keras or .h5 model")
+        from segzoo.litert.importer import import_tflite, verify_import
+
+        model = import_tflite(path)
+        rows = verify_import(path, model)
+        logger.info("Float TFLite %s rebuilt as the Keras model '%s' (%d layers, %d parameters); largest output "
+                    "difference to the file on a random input: %s", path.name, model.name, len(model.layers),
+                    model.count_params(), ", ".join(f"{r['output']} {r['relative']:.1e} of its range" for r in rows))
+        return model
     import keras
 
     try:
