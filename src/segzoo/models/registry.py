@@ -117,10 +117,10 @@ def custom_objects() -> dict[str, Any]:
         family = _load(name)
         if family.custom_objects:
             objects.update(resolve(family.custom_objects))
+    from segzoo.litert.layers import CUSTOM_OBJECTS as imported_objects
     from segzoo.quantization.formatting import CUSTOM_OBJECTS as formatting_objects
 
-    objects.update(formatting_objects)
-    return objects
+    return {**objects, **formatting_objects, **imported_objects}
 
 
 # ------------------------------------------------------------------------------------------------- weights
