@@ -131,3 +131,62 @@ def test_split_samples_is_deterministic_and_disjoint():
     assert split_off != split_samples(samples, 0.2, seed=8)[1]
     assert len(split_samples(samples[:3], 0.01, seed=0)[1]) == 1
     assert split_samples(samples[:3], 0.0, seed=0) == (samples[:3], [])
+
+
+# ----------------------------------------------------------------------------------------------- Cityscapes
+def _cityscapes_tree(root: Path) -> Path:
+    """The real pseudo-Cityscapes sample under the official folder structure (leftImg8bit|gtFine/val/<city>/)."""
+    from conftest import shared_path
+
+    source = shared_path("datasets", "cityscapes_samples", "mmseg_pseudo_val_256x128")
+    for kind in ("leftImg8bit", "gtFine"):
+        city = root / kind / "val" / "frankfurt"
+        city.mkdir(parents=True)
+        for file in (source / kind).iterdir():
+            (city / file.name).symlink_to(file)
+    return root
+
+
+def test_cityscapes_layout_pairs_by_id_in_city_folders(tmp_path):
+    root = _cityscapes_tree(tmp_path / "cityscapes")
+    samples = list_samples(root / "leftImg8bit" / "val", root / "gtFine" / "val", role="dataset.validation_path",
+                           layout="cityscapes")
+    assert [s.id for s in samples] == ["frankfurt_000000_000294"]
+    assert samples[0].mask_path.name == "frankfurt_000000_000294_gtFine_labelTrainIds.png"
+    ids = tmp_path / "val.txt"
+    ids.write_text("leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png\n")
+    assert list_samples(root / "leftImg8bit" / "val", root / "gtFine" / "val", ids, layout="cityscapes") == samples
+    plain = list_samples(root / "leftImg8bit" / "val", root / "gtFine" / "val", layout="cityscapes_label_ids")
+    assert plain[0].mask_path.name.endswith("_gtFine_labelIds.png")
+    with pytest.raises(DataError, match="no samples found.*<id>_leftImg8bit.*<id>_gtFine_labelTrainIds.*subfolders"):
+        list_samples(root / "leftImg8bit" / "val", root / "leftImg8bit" / "val", layout="cityscapes")
+
+
+def test_cityscapes_label_ids_map_to_the_official_train_ids(tmp_path):
+    import yaml
+
+    from segzoo.config import load_config
+    from segzoo.data.loader import load_pair
+    from segzoo.data.resolve import data_spec, evaluation_samples
+
+    root = _cityscapes_tree(tmp_path / "cityscapes")
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "user_config.yaml").read_text())
+    cfg["operation_mode"] = "evaluation"
+    cfg["general"] = {"model_path": str(tmp_path / "m.keras")}
+    (tmp_path / "m.keras").write_bytes(b"")
+    cfg["dataset"] = {"name": "cityscapes", "layout": "cityscapes_label_ids",
+                      "validation_path": str(root / "leftImg8bit" / "val"),
+                      "validation_masks_path": str(root / "gtFine" / "val")}
+    spec = data_spec(load_config(cfg))
+    assert len(spec.class_names) == 19 and spec.class_names[0] == "road" and spec.class_names[-1] == "bicycle"
+    _, samples = evaluation_samples(spec)
+    _, mapped = load_pair(samples[0], spec.mapper)
+    label_ids = np.array(Image.open(samples[0].mask_path))
+    train_ids = np.array(Image.open(samples[0].mask_path.with_name(
+        "frankfurt_000000_000294_gtFine_labelTrainIds.png")))
+    # The two files of this downscaled sample were resized separately, so borders differ; for every labelId the
+    # file's dominant trainId is the official one, and the mapped mask agrees with the trainIds file elsewhere.
+    for label_id in np.unique(label_ids):
+        values, counts = np.unique(train_ids[label_ids == label_id], return_counts=True)
+        assert np.unique(mapped[label_ids == label_id]).tolist() == [values[np.argmax(counts)]], label_id
+    assert (mapped == train_ids).mean() > 0.97

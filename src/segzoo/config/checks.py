@@ -61,9 +61,13 @@ def _check_quantization_values(cfg: Config) -> list[str]:
 
 
 def num_classes(cfg: Config) -> int | None:
-    """Number of classes, from class_names or the built-in dataset."""
+    """Number of classes, from class_names, the dataset layout or the built-in dataset."""
+    from segzoo.data.resolve import layout_class_names
+
     if cfg.dataset.class_names:
         return len(cfg.dataset.class_names)
+    if layout_class_names(cfg.dataset.layout):
+        return len(layout_class_names(cfg.dataset.layout))
     if cfg.dataset.name == SYNTHETIC:
         from segzoo.data.synthetic import SYNTHETIC_CLASSES
 
@@ -157,7 +161,7 @@ def _needs_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
 
 
 def _needs_classes(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
-    return [] if _synthetic(cfg) else _require(cfg, ["dataset.class_names"], mode)
+    return [] if num_classes(cfg) is not None else _require(cfg, ["dataset.class_names"], mode)
 
 
 def _needs_evaluation_images(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:

@@ -51,6 +51,7 @@ class DatasetConfig:
     ignore_index: int = 255
     on_bad_sample: Literal["error", "skip"] = "error"
     root: str = "datasets"
+    layout: Literal["pairs", "cityscapes", "cityscapes_label_ids"] = "pairs"
 
 
 @dataclass

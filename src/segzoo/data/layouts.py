@@ -1,4 +1,4 @@
-"""Pair image files with mask files: Pascal VOC layout, folder pairs (CamVid, COCO), id lists.
+"""Pair image files with mask files: Pascal VOC layout, folder pairs (CamVid, COCO), Cityscapes, id lists.
 
 No TensorFlow here: listing and validating a dataset must be cheap and importable early.
 """
@@ -21,6 +21,27 @@ _SHOWN = 5  # how many missing ids an error message names
 
 
 @dataclass(frozen=True)
+class Layout:
+    """How images and masks of one sample are named: ``<id><image_suffix>.<ext>`` and ``<id><mask_suffix>.<ext>``,
+    directly in the folders or anywhere below them (``recursive``)."""
+
+    name: str
+    image_suffix: str = ""
+    mask_suffix: str = ""
+    recursive: bool = False
+
+
+LAYOUTS = {
+    "pairs": Layout("pairs"),
+    "cityscapes": Layout("cityscapes", "_leftImg8bit", "_gtFine_labelTrainIds", recursive=True),
+    "cityscapes_label_ids": Layout("cityscapes_label_ids", "_leftImg8bit", "_gtFine_labelIds", recursive=True),
+}
+"""``dataset.layout`` -> its naming. ``pairs``: same file stem in two folders (VOC, CamVid, COCO masks, ADE20K).
+``cityscapes``: ``leftImg8bit/<split>/<city>/<id>_leftImg8bit.png`` with ``gtFine/<split>/<city>/<id>_gtFine_
+labelTrainIds.png``; ``cityscapes_label_ids`` pairs the ``_gtFine_labelIds.png`` masks instead (mapped to trainIds)."""
+
+
+@dataclass(frozen=True)
 class Sample:
     """One image and its mask (``None`` when there is no ground truth, e.g. for prediction)."""
 
@@ -37,28 +58,36 @@ def _require_dir(path: str | Path, role: str, what: str) -> Path:
     return folder
 
 
-def _index(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    """Map file stem -> path for files with one of ``suffixes`` (case-insensitive, earlier suffix wins)."""
-    rank = {suffix: i for i, suffix in enumerate(suffixes)}
+def _files(folder: Path, recursive: bool) -> list[Path]:
+    if recursive:
+        return [p for p in folder.rglob("*") if p.is_file()]
     with os.scandir(folder) as entries:
-        files = [Path(e.path) for e in entries if Path(e.name).suffix.lower() in rank and e.is_file()]
+        return [Path(e.path) for e in entries if e.is_file()]
+
+
+def _index(folder: Path, suffixes: tuple[str, ...], name_suffix: str = "", recursive: bool = False) -> dict[str, Path]:
+    """Map sample id -> path for files with one of ``suffixes`` (case-insensitive, earlier suffix wins) whose stem
+    ends with ``name_suffix`` (the id is the stem without it)."""
+    rank = {suffix: i for i, suffix in enumerate(suffixes)}
+    files = [p for p in _files(folder, recursive) if p.suffix.lower() in rank and p.stem.endswith(name_suffix)]
     files.sort(key=lambda p: (rank[p.suffix.lower()], p.name))
     index: dict[str, Path] = {}
     for path in files:
-        index.setdefault(path.stem, path)
+        index.setdefault(path.stem[: len(path.stem) - len(name_suffix)], path)
     return index
 
 
-def _id_of(line: str) -> str:
+def _id_of(line: str, name_suffix: str = "") -> str:
     """The sample id of one id-list line: an id, or a path (CamVid: ``/a/val/x.png /a/valannot/x.png``)."""
     token = line.split()[0]
     if "/" in token or "\\" in token or Path(token).suffix.lower() in IMAGE_SUFFIXES + MASK_SUFFIXES:
-        return Path(token.replace("\\", "/")).stem
-    return token
+        token = Path(token.replace("\\", "/")).stem
+    return token.removesuffix(name_suffix) if name_suffix else token
 
 
-def read_id_list(files_path: str | Path, role: str = "dataset") -> list[str]:
-    """Ids listed one per line in ``files_path``; blank lines and ``#`` comments skipped, order kept."""
+def read_id_list(files_path: str | Path, role: str = "dataset", name_suffix: str = "") -> list[str]:
+    """Ids listed one per line in ``files_path``; blank lines and ``#`` comments skipped, order kept
+    (``name_suffix``: the layout's image suffix, dropped from file names given as ids)."""
     path = Path(files_path)
     if not path.is_file():
         raise DataError(f"{role}: id list file not found: {path}")
@@ -66,7 +95,7 @@ def read_id_list(files_path: str | Path, role: str = "dataset") -> list[str]:
     for raw in path.read_text(encoding="utf-8").splitlines():
         line = raw.split("#", 1)[0].strip()
         if line:
-            ids.append(_id_of(line))
+            ids.append(_id_of(line, name_suffix))
     if not ids:
         raise DataError(f"{role}: id list {path} holds no ids")
     return ids
@@ -102,26 +131,32 @@ def _paired_samples(images: dict[str, Path], masks: dict[str, Path], dirs: tuple
 
 
 def list_samples(images_dir: str | Path, masks_dir: str | Path | None = None, files_path: str | Path | None = None,
-                 *, role: str = "dataset") -> list[Sample]:
+                 *, role: str = "dataset", layout: str = "pairs") -> list[Sample]:
     """List the (image, mask) pairs of a dataset folder pair, optionally restricted to an id list file.
 
-    ``role`` is the config key the folders came from; every error message names it.
+    ``role`` is the config key the folders came from; every error message names it. ``layout``: a key of
+    :data:`LAYOUTS`.
     """
+    naming = LAYOUTS[layout]
     image_dir = _require_dir(images_dir, role, "images")
     mask_dir = _require_dir(masks_dir, role, "masks") if masks_dir is not None else None
-    images = _index(image_dir, IMAGE_SUFFIXES)
-    masks = _index(mask_dir, MASK_SUFFIXES) if mask_dir is not None else None
+    images = _index(image_dir, IMAGE_SUFFIXES, naming.image_suffix, naming.recursive)
+    masks = _index(mask_dir, MASK_SUFFIXES, naming.mask_suffix, naming.recursive) if mask_dir is not None else None
     if files_path is not None:
-        samples = _listed_samples(images, masks, read_id_list(files_path, role), (image_dir, mask_dir),
-                                  files_path, role)
+        ids = read_id_list(files_path, role, naming.image_suffix)
+        samples = _listed_samples(images, masks, ids, (image_dir, mask_dir), files_path, role)
     elif masks is None:
         samples = [Sample(i, images[i], None) for i in sorted(images)]
     else:
         samples = _paired_samples(images, masks, (image_dir, mask_dir), role)
     if not samples:
-        looked_for = f"images ({' '.join(IMAGE_SUFFIXES)}) in {image_dir}"
+        named = f" named <id>{naming.image_suffix}" if naming.image_suffix else ""
+        looked_for = f"images{named} ({' '.join(IMAGE_SUFFIXES)}) in {image_dir}"
         if mask_dir is not None:
-            looked_for += f" with a mask of the same name ({' '.join(MASK_SUFFIXES)}) in {mask_dir}"
+            mask_name = f"named <id>{naming.mask_suffix}" if naming.mask_suffix else "of the same name"
+            looked_for += f" with a mask {mask_name} ({' '.join(MASK_SUFFIXES)}) in {mask_dir}"
+        if naming.recursive:
+            looked_for += " (and their subfolders)"
         raise DataError(f"{role}: no samples found: looked for {looked_for}")
     return samples
 

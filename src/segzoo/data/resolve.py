@@ -75,12 +75,27 @@ def data_spec(cfg: Config) -> DataSpec:
         root = ensure_synthetic_dataset(Path(ds.root), seed=cfg.general.global_seed)
         ds = _with_synthetic_paths(ds, root)
         class_names = class_names or list(SYNTHETIC_CLASSES)
+    class_names = class_names or layout_class_names(ds.layout)
     if not class_names:
         raise ConfigError("dataset.class_names: required (the list of class names, index 0 first)")
-    mapper = ClassMapper(num_classes=len(class_names), ignore_index=ds.ignore_index,
-                         mapping=ds.class_mapping, default=ds.class_mapping_default)
+    mapping, default = ds.class_mapping, ds.class_mapping_default
+    if mapping is None and ds.layout == "cityscapes_label_ids":
+        from segzoo.data.cityscapes import LABEL_ID_TO_TRAIN_ID
+
+        mapping, default = dict(LABEL_ID_TO_TRAIN_ID), ds.ignore_index
+    mapper = ClassMapper(num_classes=len(class_names), ignore_index=ds.ignore_index, mapping=mapping,
+                         default=default)
     return DataSpec(dataset=ds, class_names=tuple(class_names), mapper=mapper, pp=preprocessing_from(cfg),
                     seed=cfg.general.global_seed)
+
+
+def layout_class_names(layout: str) -> list[str] | None:
+    """The class names a dataset layout implies (Cityscapes: its 19 classes), else None."""
+    if layout.startswith("cityscapes"):
+        from segzoo.data.cityscapes import CLASSES
+
+        return list(CLASSES)
+    return None
 
 
 def _with_synthetic_paths(ds: DatasetConfig, root: Path) -> DatasetConfig:
@@ -99,7 +114,7 @@ def _listed(ds: DatasetConfig, split: str) -> list[Sample] | None:
     if not images:
         return None
     return list_samples(images, getattr(ds, f"{split}_masks_path"), getattr(ds, f"{split}_files_path"),
-                        role=f"dataset.{split}_path")
+                        role=f"dataset.{split}_path", layout=ds.layout)
 
 
 def training_and_validation(spec: DataSpec) -> tuple[list[Sample], list[Sample]]:

@@ -24,7 +24,7 @@ def calibration_samples(cfg: Config, spec: DataSpec) -> tuple[list[Sample], str]
     ds = spec.dataset
     if ds.quantization_path:
         samples = list_samples(ds.quantization_path, ds.quantization_masks_path, ds.quantization_files_path,
-                               role="dataset.quantization_path")
+                               role="dataset.quantization_path", layout=ds.layout)
         return samples, "dataset.quantization_path"
     train, _ = training_and_validation(spec)
     if not train:
