@@ -332,3 +332,12 @@ def test_converts_to_int8_tflite_with_builtin_ops_only(aspp):
     for tensor in interpreter.get_tensor_details():
         scales = tensor["quantization_parameters"]["scales"]
         assert len(scales) <= 1, f"{tensor['name']} is per-channel"
+
+
+def test_package_dependencies_point_one_way():
+    """data does not import config, benchmarking does not import quantization (no import cycles between them)."""
+    code = ("import sys; import segzoo.data.resolve, segzoo.data.layouts, segzoo.benchmarking.report, "
+            "segzoo.benchmarking.board; "
+            "bad = [m for m in sys.modules if m.startswith(('segzoo.config', 'segzoo.quantization'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
