@@ -46,8 +46,13 @@ def models(params, state_dict):
     from segzoo.models.sam2.weights import assign_state_dict
 
     encoder, decoder = build_encoder(params), build_decoder(params)
-    counts = assign_state_dict(state_dict, encoder, decoder, params, source="synthetic.pt")
-    assert counts["assigned"] == len(encoder.weights) + len(decoder.weights)
+    report = assign_state_dict(state_dict, encoder, decoder, params, source="synthetic.pt")
+    assert report.assigned == len(encoder.weights) + len(decoder.weights)
+    assert report.ignored_keys and all(k.startswith(("memory_", "maskmem", "no_mem_pos", "no_obj", "obj_ptr",
+                                                     "mask_downsample", "sam_prompt_encoder.point_embeddings.",
+                                                     "sam_prompt_encoder.mask_downscaling",
+                                                     "sam_mask_decoder.output_hypernetworks_mlps."))
+                                       for k in report.ignored_keys)
     return encoder, decoder
 
 
@@ -266,9 +271,11 @@ def test_renamed_key_is_named(state_dict, params, models):
     with pytest.raises(ModelError) as info:
         assign_state_dict(broken, encoder, decoder, params, source="sam2.1_hiera_tiny.pt")
     message = str(info.value)
-    assert "sam2.1_hiera_tiny.pt" in message
-    assert "missing from the file: image_encoder.trunk.blocks.3.attn.qkv.weight" in message
-    assert "nothing uses: image_encoder.trunk.blocks.3.attn.qkv_renamed.weight" in message
+    assert message.startswith("sam2.1_hiera_tiny.pt: cannot import the weights (2 problems")
+    missing = message.split("official keys missing from the file (1):")[1].split("\n")[1]
+    unused = message.split("keys in the file that no variable uses (1):")[1].split("\n")[1]
+    assert missing.startswith("  - image_encoder.trunk.blocks.3.attn.qkv.weight (for trunk_blocks_3/attn/qkv/kernel)")
+    assert unused.startswith("  - image_encoder.trunk.blocks.3.attn.qkv_renamed.weight")
     after = [np.array(w) for w in encoder.weights + decoder.weights]
     assert all(np.array_equal(a, b) for a, b in zip(before, after)), "nothing is assigned from a mismatching file"
 
@@ -283,9 +290,38 @@ def test_misshaped_and_extra_keys_are_named(state_dict, params, models):
     with pytest.raises(ModelError) as info:
         assign_state_dict(broken, encoder, decoder, params)
     message = str(info.value)
-    assert "sam_mask_decoder.iou_token.weight: shape [2, 256]" in message and "needs [1, 256]" in message
-    assert "sam_mask_decoder.extra_head.weight" in message
+    assert "sam_mask_decoder.iou_token.weight: file shape (2, 256), but output_tokens/iou_token has shape (1, 256)" \
+        in message
+    assert "  - sam_mask_decoder.extra_head.weight (3,)" in message
     # the video-memory, box/mask-prompt and unused mask-head keys are ignored on purpose
+    problems, hint = message.split("\nUse the official sam2.1_hiera_tiny.pt")
     for ignored in ("memory_attention", "maskmem_tpos_enc", "obj_ptr_proj", "mask_downscaling",
                     "point_embeddings.2", "output_hypernetworks_mlps.1"):
-        assert ignored not in message
+        assert ignored not in problems and ignored in hint
+
+
+def test_import_from_a_torch_zip_in_the_official_layout(state_dict, params, tmp_path):
+    """The checkpoint file as Meta ships it ({"model": state_dict} in a torch zip), through the family importer."""
+    from segzoo.checkpoints.writers import write_torch_zip
+    from segzoo.models.sam2.model import build_sam2
+    from segzoo.models.sam2.weights import import_checkpoint, load_checkpoint
+
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    write_torch_zip(path, {"model": state_dict})
+    model = build_sam2(params)
+    import_checkpoint(model, path, params)
+    qkv = model.get_layer("sam2_encoder").get_layer("trunk_blocks_3").attn.qkv.kernel
+    np.testing.assert_array_equal(np.asarray(qkv), state_dict["image_encoder.trunk.blocks.3.attn.qkv.weight"].T)
+    tokens = model.get_layer("sam2_decoder").get_layer("output_tokens").mask_tokens
+    np.testing.assert_array_equal(np.asarray(tokens), state_dict["sam_mask_decoder.mask_tokens.weight"])
+
+    broken = dict(state_dict)
+    broken["sam_mask_decoder.mask_token.weight"] = broken.pop("sam_mask_decoder.mask_tokens.weight")
+    write_torch_zip(tmp_path / "renamed.pt", {"model": broken})
+    with pytest.raises(ModelError, match=r"renamed.pt: cannot import(.|\n)*sam_mask_decoder.mask_tokens.weight"
+                                         r"(.|\n)*sam_mask_decoder.mask_token.weight"):
+        load_checkpoint(tmp_path / "renamed.pt", model.get_layer("sam2_encoder"), model.get_layer("sam2_decoder"),
+                        params)
+    with pytest.raises(ModelError, match="not found; download sam2.1_hiera_tiny.pt from https://dl.fbaipublicfiles"):
+        load_checkpoint(tmp_path / "absent.pt", model.get_layer("sam2_encoder"), model.get_layer("sam2_decoder"),
+                        params)

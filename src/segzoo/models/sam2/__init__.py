@@ -19,12 +19,12 @@ SAM2_1_HIERA_TINY = WeightSource(
     url="https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt",
     importer="segzoo.models.sam2.weights:import_checkpoint",
     sha256=None,
-    params={"variant": "hiera_tiny", "input_shape": [1024, 1024, 3]},
+    params={"variant": "hiera_tiny"},
     num_classes=None,
     description=(
         "Meta's SAM 2.1 hiera-tiny checkpoint (SA-1B + SA-V, released 2024-09-29; Apache-2.0). A torch zip "
         "holding {'model': state_dict}; the video-memory weights in it are not used. Meta publishes no sha256 "
-        "for it, so the file is not verified by checksum."
+        "for it, so the file is not verified by checksum; any input size loads it (1024 is the trained one)."
     ),
 )
 
@@ -39,5 +39,12 @@ FAMILY = Family(
     ),
     task="promptable_segmentation",
     weights={SAM2_1_HIERA_TINY.name: SAM2_1_HIERA_TINY},
-    custom_objects="segzoo.models.sam2.layers:custom_objects",
+    file_importer="segzoo.models.sam2.weights:import_checkpoint",
+    custom_objects="segzoo.models.sam2.layers:CUSTOM_OBJECTS",
+    presets={
+        "sam2.1_hiera_tiny_1024": {"variant": "hiera_tiny", "input_shape": [1024, 1024, 3], "num_points": 2},
+        "sam2.1_hiera_tiny_1024_multimask": {"variant": "hiera_tiny", "input_shape": [1024, 1024, 3],
+                                             "num_points": 2, "multimask_output": True},
+    },
+    tiny_input_shape=(64, 64, 3),
 )

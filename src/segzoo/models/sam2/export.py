@@ -138,7 +138,7 @@ def export_tflite(model: "keras.Model", out_path: str | Path, *, quantize: bool 
     float32 [1, ...] array}``); ModelError if a per-channel tensor appears, or if an op outside ``float_scopes``
     (substrings of op output names, e.g. a Keras layer name) stays in float.
     """
-    from segzoo.quantization.inspect import inspect_tflite
+    from segzoo.litert.inspect import inspect_tflite
 
     data = convert(model, quantize=quantize, representative=representative, float_scopes=float_scopes)
     out_path = Path(out_path)

@@ -11,6 +11,8 @@ Weights are created with the shapes Keras uses; :mod:`segzoo.models.sam2.weights
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import keras
@@ -398,7 +400,7 @@ class TwoWayBlock(keras.layers.Layer):
                 "skip_first_layer_pe": self.skip_first_layer_pe}
 
 
-def custom_objects() -> dict[str, type]:
-    """The layers a saved SAM2 ``.keras`` model needs: pass as ``custom_objects`` to ``keras.models.load_model``."""
-    return {cls.__name__: cls for cls in (LayerNorm, HieraPositionEmbedding, HieraAttention, HieraBlock, AddEmbedding,
-                                          PromptEncoder, OutputTokens, DecoderAttention, TwoWayBlock)}
+CUSTOM_OBJECTS: Mapping[str, type] = MappingProxyType({
+    cls.__name__: cls for cls in (LayerNorm, HieraPositionEmbedding, HieraAttention, HieraBlock, AddEmbedding,
+                                  PromptEncoder, OutputTokens, DecoderAttention, TwoWayBlock)})
+"""The layers a saved SAM2 ``.keras`` model needs (``custom_objects`` of ``keras.models.load_model``)."""
