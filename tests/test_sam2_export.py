@@ -81,6 +81,7 @@ def test_float_encoder_signature_matches_keras(models, tmp_path):
         assert np.abs(got[name] - want[name]).max() <= 1e-4 * float(np.ptp(want[name])), name
 
 
+@pytest.mark.slow
 def test_int8_decoder_per_tensor_with_float_point_encoding(models, samples, tmp_path):
     from segzoo.models.sam2.export import DECODER_FLOAT_SCOPES, export_tflite, placement_summary, run_tflite
 
@@ -146,3 +147,44 @@ def test_predictor_keras_and_tflite_agree(models, params, tmp_path):
     assert padded_labels.tolist() == [[1.0, -1.0]] and padded.shape == (1, 2, 2)
     with pytest.raises(ModelError, match="3 point prompts, but the decoder takes at most 2"):
         pad_points(np.zeros((3, 2), np.float32), np.ones(3, np.int32), 2)
+
+
+@pytest.mark.slow
+def test_keras_save_and_load(models, samples, tmp_path):
+    import keras
+
+    from segzoo.models.base import resolve
+    from segzoo.models.sam2 import FAMILY
+
+    encoder, decoder = models
+    objects = dict(resolve(FAMILY.custom_objects))
+    image = np.random.default_rng(2).normal(size=(1, SIZE, SIZE, 3)).astype(np.float32)
+    for model, inputs in ((encoder, image), (decoder, samples[0])):
+        model.save(tmp_path / f"{model.name}.keras")
+        loaded = keras.models.load_model(tmp_path / f"{model.name}.keras", custom_objects=objects)
+        want, got = _keras(model, inputs), _keras(loaded, inputs)
+        assert all(np.array_equal(want[k], got[k]) for k in want), model.name
+
+
+def test_click_evaluation_with_the_keras_pair(models, params):
+    """The task evaluator drives the SAM2 predictor on real COCO instances (synthetic weights: IoUs are low but
+    real numbers; the encoder runs once per image whatever the number of instances and clicks)."""
+    from conftest import shared_path
+    from segzoo.models.sam2.predictor import Sam2Predictor, keras_functions
+    from segzoo.tasks.promptable_segmentation.dataset import instance_samples
+    from segzoo.tasks.promptable_segmentation.evaluate import evaluate_clicks
+
+    root = shared_path("datasets", "coco128_semseg")
+    samples = instance_samples(root / "images" / "train2017", root / "instance_segmentation" / "labels" / "train2017")
+    encode, decode = keras_functions(*models)
+    calls = {"encode": 0}
+
+    def counting_encode(image):
+        calls["encode"] += 1
+        return encode(image)
+
+    result = evaluate_clicks(samples[:2], Sam2Predictor(counting_encode, decode, params), num_clicks=2)
+    assert result["num_instances"] >= 2 and calls["encode"] == 2
+    ious = np.array([r["ious"] for r in result["instances"]])
+    assert ious.shape == (result["num_instances"], 2) and np.all((ious >= 0) & (ious <= 1))
+    assert result["miou_at"] == pytest.approx(list(ious.mean(axis=0)))
