@@ -80,6 +80,19 @@ def test_evaluation_mode_on_trained_keras_model_matches_training_report(trained_
     assert again["evaluation"]["miou"] == pytest.approx(results["evaluation"]["miou"], abs=1e-9)
 
 
+@pytest.mark.slow
+def test_evaluation_of_the_configured_model_with_pretrained_weights(trained_run, tmp_path, dataset_root) -> None:
+    """No general.model_path: training.model is built with its pretrained_weights, saved in the run, evaluated."""
+    first_dir, results, _ = trained_run
+    cfg = tiny_training_config(tmp_path, dataset_root)
+    cfg.update(operation_mode="evaluation")
+    cfg["training"]["model"]["pretrained_weights"] = str(first_dir / "saved_models" / "best_model.keras")
+    cfg["mlflow"]["enabled"] = False
+    again = run(cfg, run_dir=tmp_path / "imported")
+    assert again["evaluation"]["model"] == str(tmp_path / "imported" / "saved_models" / "imported_model.keras")
+    assert again["evaluation"]["miou"] == pytest.approx(results["evaluation"]["miou"], abs=1e-9)
+
+
 def test_cli_prediction_with_real_model(tmp_path) -> None:
     """The entry point, as a user runs it, on ST's real int8 model and real COCO photos."""
     shared_path("pretrained")

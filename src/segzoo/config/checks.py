@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 from segzoo.config.schema import Config
 from segzoo.data import SYNTHETIC_DATASET as SYNTHETIC
-from segzoo.errors import ConfigError, ModelError
+from segzoo.errors import ConfigError, ModelError, SegzooError
 from segzoo.modes import MODES, steps_for
 from segzoo.runners import KERAS_SUFFIXES, TFLITE_SUFFIXES
 
@@ -155,9 +155,13 @@ def _needs_training_data(cfg: Config, mode: str, steps: tuple[str, ...]) -> list
 
 
 def _needs_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """A model to work on: trained in the run, given, listed for benchmarking, or imported from weights."""
     if "train" in steps or (steps == ("benchmark",) and cfg.benchmarking.models):
         return []
-    return _require(cfg, ["general.model_path"], mode)
+    if cfg.training.model.pretrained_weights and not cfg.general.model_path:
+        return []
+    return [f"general.model_path: required for operation_mode {mode} (or training.model.pretrained_weights to use "
+            f"the configured model with pretrained weights)"]
 
 
 def _needs_classes(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
@@ -228,7 +232,7 @@ def _needs_deployable_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> l
     return errors
 
 
-STEP_REQUIREMENTS = MappingProxyType({
+SEGMENTATION_REQUIREMENTS = MappingProxyType({
     "train": (_needs_training_data, _needs_classes),
     "evaluate": (_needs_model, _needs_classes, _needs_evaluation_images),
     "quantization_report": (_needs_model, _needs_classes, _needs_evaluation_images),
@@ -237,15 +241,30 @@ STEP_REQUIREMENTS = MappingProxyType({
     "benchmark": (_needs_model, _needs_benchmark_targets),
     "deploy": (_needs_model, _needs_classes, _needs_deployable_model),
 })
-"""Step -> the checks of what it needs; a mode needs what its steps need (each problem reported once)."""
+"""Semantic segmentation: step -> the checks of what it needs."""
+
+TASK_REQUIREMENTS = MappingProxyType({"semantic_segmentation": SEGMENTATION_REQUIREMENTS})
+"""Task -> its step requirements; a mode needs what its steps need for the run's task (each problem once)."""
 
 
 def check_mode(cfg: Config) -> list[str]:
-    """What the steps of ``operation_mode`` need: keys that must be set and paths that must exist."""
+    """What the steps of ``operation_mode`` need for the run's task: keys that must be set, paths that must exist."""
+    from segzoo.tasks import task_of
+
     if cfg.operation_mode not in MODES:
         return []
+    try:
+        task = task_of(cfg)
+    except SegzooError as exc:
+        return [str(exc)]
+    if task not in TASK_REQUIREMENTS:
+        return [f"general.task: {task} is not available in this version (available: {', '.join(TASK_REQUIREMENTS)})"]
+    requirements = TASK_REQUIREMENTS[task]
     steps, mode = steps_for(cfg.operation_mode), cfg.operation_mode
-    checks = dict.fromkeys(check for step in steps for check in STEP_REQUIREMENTS[step])
+    unsupported = [step for step in steps if step not in requirements]
+    if unsupported:
+        return [f"operation_mode: {mode} runs {', '.join(unsupported)}, which the {task} task does not support"]
+    checks = dict.fromkeys(check for step in steps for check in requirements[step])
     errors = _check_paths(cfg) + [error for check in checks for error in check(cfg, mode, steps)]
     return list(dict.fromkeys(errors))
 

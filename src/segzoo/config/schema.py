@@ -24,6 +24,8 @@ class GeneralConfig:
     global_seed: int = 127
     num_threads_tflite: int | None = None
     weights_dirs: list[str] = field(default_factory=list)
+    task: Literal["auto", "semantic_segmentation", "pose_estimation", "promptable_segmentation"] = "auto"
+    pipeline: str | None = None
 
 
 @dataclass

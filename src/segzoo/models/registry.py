@@ -95,6 +95,21 @@ def build_model(family: str, *, input_shape: Sequence[int], num_classes: int,
     return build_from_params(built, num_classes, weights_dirs=weights_dirs)
 
 
+def import_pretrained(params: ModelParams, num_classes: int, out_path: Path,
+                      weights_dirs: Sequence[str | Path] = ()) -> Path:
+    """Build ``params`` with its pretrained weights, export it and save it to ``out_path`` (no training)."""
+    from segzoo.io import atomic_path
+
+    if not params.pretrained_weights:
+        raise ModelError("training.model.pretrained_weights: needed to use a model without training it "
+                         "(or set general.model_path)")
+    model = export_model(build_from_params(params, num_classes, weights_dirs=weights_dirs), params)
+    with atomic_path(out_path) as tmp:
+        model.save(tmp)
+    log.info("Imported %s with weights %s into %s", params.name, params.pretrained_weights, out_path)
+    return out_path
+
+
 def export_model(model: "keras.Model", params: ModelParams) -> "keras.Model":
     """The inference graph of a trained model (training-only heads dropped); the model itself if nothing to drop."""
     family = get_family(params.name)

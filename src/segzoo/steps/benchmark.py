@@ -9,27 +9,14 @@ from segzoo.steps.context import MODEL, QUANTIZED, RunContext
 
 logger = logging.getLogger(__name__)
 
-KERAS_SUFFIXES = (".keras", ".h5")
-
-
 def benchmark_models_of(ctx: RunContext) -> tuple[list[Path], list[str]]:
-    """The models to compare: ``benchmarking.models``, else the run's model and its quantized version.
-
-    A Keras model is benchmarked as its float32 TFLite conversion, so that every row uses the same runtime.
-    """
-    from segzoo.quantization.converter import float_tflite_file
-
+    """The files to compare: ``benchmarking.models``, else those of the run's model and its quantized version."""
     configured = [Path(p) for p in ctx.cfg.benchmarking.models]
-    models = configured or [ctx.model(role) for role in (MODEL, QUANTIZED) if role in ctx.models or role == MODEL]
-    paths, names = [], []
-    for model in models:
-        if model.suffix.lower() in KERAS_SUFFIXES:
-            paths.append(float_tflite_file(model, ctx.run_dir / "benchmark" / f"{model.stem}_float32.tflite"))
-            names.append(f"{model.stem} (float32)")
-        else:
-            paths.append(model)
-            names.append(model.stem)
-    return paths, names
+    if configured:
+        return configured, [p.stem for p in configured]
+    roles = [MODEL] + ([QUANTIZED] if QUANTIZED in ctx.models else [])
+    files = [pair for role in roles for pair in ctx.task.benchmark_files(ctx.model(role))]
+    return [path for path, _ in files], [name for _, name in files]
 
 
 def benchmark(ctx: RunContext) -> None:

@@ -52,13 +52,18 @@ class RunContext:
         return self._task
 
     def model(self, role: str | None = None) -> Path:
-        """The model file of ``role`` (default: the current one); ``general.model_path`` for :data:`MODEL`."""
+        """The model of ``role`` (default: the current one). For :data:`MODEL`: ``general.model_path``, else
+        ``training.model`` built with its pretrained weights (imported once, saved in the run)."""
         role = role or self.current
         if role in self.models:
             return self.models[role]
         if role == MODEL and self.cfg.general.model_path:
             return Path(self.cfg.general.model_path)
-        raise ConfigError("general.model_path: required (no model was trained in this run)")
+        if role == MODEL and self.cfg.training.model.pretrained_weights:
+            self.models[MODEL] = self.task.import_model()
+            return self.models[MODEL]
+        raise ConfigError("general.model_path: required (no model was trained in this run, and "
+                          "training.model.pretrained_weights names no weights to import)")
 
     def add_model(self, role: str, path: Path) -> None:
         """Record a model produced by a step; it becomes the current model."""

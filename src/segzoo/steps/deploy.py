@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from segzoo.errors import ConfigError
 from segzoo.steps.context import RunContext
 
 logger = logging.getLogger(__name__)
@@ -12,19 +11,15 @@ logger = logging.getLogger(__name__)
 
 def deploy(ctx: RunContext) -> None:
     """Build the bundle in ``<run>/deployment``; push and verify it when a board address is configured."""
-    from segzoo.deployment.bundle import build_bundle
     from segzoo.deployment.stedgeai import generate_nb_if_configured
 
     cfg, dep = ctx.cfg, ctx.cfg.deployment
     model = ctx.model()
-    if model.suffix.lower() != ".tflite":
-        raise ConfigError(f"general.model_path: deployment needs a .tflite model, got {model.name} "
-                          "(quantize it first: operation_mode chain_qd)")
     out_dir = ctx.run_dir / "deployment"
-    nb_model = generate_nb_if_configured(cfg.tools.stedgeai.path_to_stedgeai, model, out_dir / "stedgeai")
-    task = ctx.task.deployment()
-    bundle = build_bundle(model, out_dir, class_names=task["class_names"], preprocessing=task["preprocessing"],
-                          label_file=task["label_file"], nb_model=nb_model)
+    nb_model = None
+    if model.suffix.lower() == ".tflite":
+        nb_model = generate_nb_if_configured(cfg.tools.stedgeai.path_to_stedgeai, model, out_dir / "stedgeai")
+    bundle = ctx.task.bundle(model, out_dir, nb_model)
     ctx.summary["deployment"] = {"bundle": str(bundle), "nb_model": str(nb_model) if nb_model else None}
     ctx.tracker.log_artifact(bundle / "manifest.json", "deployment")
     if not dep.hardware_setup.ip_address:

@@ -12,11 +12,8 @@ logger = logging.getLogger(__name__)
 
 def quantize(ctx: RunContext) -> None:
     """Quantize the run's model; the quantized .tflite becomes the current model."""
-    from segzoo.quantization.quantize import run_quantization
-
     float_model = ctx.model(MODEL)
-    result = run_quantization(ctx.cfg, float_model, ctx.run_dir, calibration=ctx.task.calibration,
-                              metric_of=ctx.task.validation_metric)
+    result = ctx.task.quantize(float_model)
     ctx.quantization = result
     ctx.add_model(QUANTIZED, result.path)
     ctx.summary["quantization"] = {"model": str(result.path), "float_model": str(float_model),

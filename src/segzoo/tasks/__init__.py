@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from segzoo.models.base import resolve
 
 if TYPE_CHECKING:  # pragma: no cover
+    from segzoo.config.schema import Config
     from segzoo.steps.context import RunContext
     from segzoo.tasks.base import Task
 
@@ -17,13 +18,25 @@ TASKS = MappingProxyType({
 })
 
 
-def task_name(ctx: RunContext) -> str:
-    """The task of the run: the one of the configured model family."""
+def task_of(cfg: Config) -> str:
+    """The task of a configuration: ``general.task``, else the pipeline's (``general.pipeline``), else the model
+    family's (``training.model.name``). No TensorFlow is imported."""
+    if cfg.general.task != "auto":
+        return cfg.general.task
+    if cfg.general.pipeline:
+        from segzoo.models.external import get_pipeline
+
+        return get_pipeline(cfg.general.pipeline).task
     from segzoo.models.registry import get_family
 
-    return get_family(ctx.cfg.training.model.name).task
+    return get_family(cfg.training.model.name).task
 
 
 def make_task(ctx: RunContext) -> Task:
     """The task object of the run."""
-    return resolve(TASKS[task_name(ctx)])(ctx)
+    name = task_of(ctx.cfg)
+    if name not in TASKS:
+        from segzoo.errors import ConfigError
+
+        raise ConfigError(f"general.task: {name} is not available in this version (available: {', '.join(TASKS)})")
+    return resolve(TASKS[name])(ctx)

@@ -7,9 +7,12 @@ preprocessing and evaluation set, resolved once) and writes its own reports.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from segzoo.quantization.quantize import QuantizationResult
 
 
 class Task(Protocol):
@@ -23,6 +26,9 @@ class Task(Protocol):
     def train(self) -> Any:
         """Train as configured; the result names the best checkpoint and the exported model."""
 
+    def import_model(self) -> Path:
+        """The model built from ``training.model`` with its pretrained weights, saved in the run (no training)."""
+
     def evaluate(self, model: Path, role: str) -> dict:
         """Evaluate ``model``, write its report (prefixed by ``role``), log metrics; the summary."""
 
@@ -32,11 +38,17 @@ class Task(Protocol):
     def calibration(self, input_hw: tuple[int, int], channels: int) -> tuple[np.ndarray, dict, list[str]]:
         """Preprocessed calibration inputs ``[N,H,W,C]``, a description for the report, and warnings."""
 
+    def quantize(self, model: Path) -> QuantizationResult:
+        """Quantize ``model`` as configured (``quantization``); the result names the quantized model."""
+
     def compare(self, float_eval: dict, quantized_eval: dict) -> dict:
         """The accuracy part of the quantization report (metrics of both models and the drop)."""
+
+    def benchmark_files(self, model: Path) -> list[tuple[Path, str]]:
+        """The .tflite files that make up ``model`` with a display name each (Keras models converted to float32)."""
 
     def predict(self, model: Path) -> dict:
         """Run ``model`` on the prediction inputs and write the outputs; a summary."""
 
-    def deployment(self) -> dict:
-        """What the board bundle needs besides the model (class names, preprocessing, label file)."""
+    def bundle(self, model: Path, out_dir: Path, nb_model: Path | None) -> Path:
+        """Build the board application bundle of ``model`` in ``out_dir``; its folder."""

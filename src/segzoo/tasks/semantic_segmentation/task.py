@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segzoo.data.resolve import DataSpec, data_spec, training_and_validation
-from segzoo.errors import DataError
+from segzoo.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from segzoo.data.layouts import Sample
@@ -119,12 +119,37 @@ class SemanticSegmentation:
             "evaluated_on": quantized_eval.get("dataset"),
         }
 
+    def import_model(self) -> Path:
+        """``training.model`` built with its pretrained weights, exported, saved as ``saved_models/imported_model.keras``."""
+        from segzoo.models.registry import import_pretrained
+
+        cfg = self.ctx.cfg
+        path = self.ctx.run_dir / cfg.general.saved_models_dir / "imported_model.keras"
+        return import_pretrained(cfg.training.model, self.spec.num_classes, path, cfg.general.weights_dirs)
+
     # ---------------------------------------------------------------------------------------- quantization
     def calibration(self, input_hw: tuple[int, int], channels: int) -> tuple[np.ndarray, dict, list[str]]:
         """Preprocessed calibration images (``dataset.quantization_*``, else the training set)."""
         from segzoo.tasks.semantic_segmentation.calibration import calibration_data
 
         return calibration_data(self.ctx.cfg, self.spec, input_hw, channels)
+
+    def quantize(self, model: Path):
+        """One network quantized with the task's calibration images (``segzoo.quantization``)."""
+        from segzoo.quantization.quantize import run_quantization
+
+        return run_quantization(self.ctx.cfg, model, self.ctx.run_dir, calibration=self.calibration,
+                                metric_of=self.validation_metric)
+
+    # ---------------------------------------------------------------------------------------- benchmarking
+    def benchmark_files(self, model: Path) -> list[tuple[Path, str]]:
+        """The model's .tflite file; a Keras model as its float32 conversion, so every row uses one runtime."""
+        from segzoo.quantization.converter import float_tflite_file
+
+        if model.suffix.lower() in (".keras", ".h5"):
+            out = self.ctx.run_dir / "benchmark" / f"{model.stem}_float32.tflite"
+            return [(float_tflite_file(model, out), f"{model.stem} (float32)")]
+        return [(model, model.stem)]
 
     # ------------------------------------------------------------------------------------------ prediction
     def predict(self, model: Path) -> dict:
@@ -147,7 +172,13 @@ class SemanticSegmentation:
         return {"images": len(rows), "folder": str(out_dir)}
 
     # ------------------------------------------------------------------------------------------ deployment
-    def deployment(self) -> dict:
-        """Class names and preprocessing shipped with the board bundle."""
-        return {"class_names": list(self.spec.class_names), "preprocessing": self.spec.pp.to_dict(),
-                "label_file": self.ctx.cfg.deployment.label_file_path}
+    def bundle(self, model: Path, out_dir: Path, nb_model: Path | None) -> Path:
+        """The segmentation board application with the model, its class names and preprocessing."""
+        from segzoo.deployment.bundle import build_bundle
+
+        if model.suffix.lower() != ".tflite":
+            raise ConfigError(f"general.model_path: deployment needs a .tflite model, got {model.name} "
+                              "(quantize it first: operation_mode chain_qd)")
+        return build_bundle(model, out_dir, class_names=list(self.spec.class_names),
+                            preprocessing=self.spec.pp.to_dict(), label_file=self.ctx.cfg.deployment.label_file_path,
+                            nb_model=nb_model)
