@@ -141,8 +141,8 @@ class TFLiteRunner:
             raise ValueError(f"input shape {list(shape)} is not [1,H,W,C]")
         self.input_hw = (shape[1], shape[2])
         self.channels = shape[3]
-        self.input_quantization = _quantization(self._input)
-        self.output_quantization = _quantization(self._output)
+        self.input_quantization = tensor_quantization(self._input)
+        self.output_quantization = tensor_quantization(self._output)
         self.output_kind = output_kind_from_shape(tuple(self._output["shape"]), self._output["dtype"],
                                                   self.output_quantization.quantized)
 
@@ -164,7 +164,8 @@ class TFLiteRunner:
         return _as_output(self._interpreter.get_tensor(self._output["index"])[0], self.output_kind)
 
 
-def _quantization(detail: dict[str, Any]) -> TensorQuantization:
+def tensor_quantization(detail: dict[str, Any]) -> TensorQuantization:
+    """The quantization of a LiteRT tensor from its interpreter details (scale 0: not quantized)."""
     scale, zero_point = detail.get("quantization", (0.0, 0))
     return TensorQuantization(float(scale), int(zero_point), np.dtype(detail["dtype"]).name)
 

@@ -1,0 +1,95 @@
+"""Pipeline presets: the files of a multi-model pipeline and each model's own pre- and post-processing.
+
+``mediapipe_pose_full`` is MediaPipe Pose (BlazePose GHUM full): the detector takes the image letterboxed to
+224x224 in [-1, 1] (zero border, i.e. -1), the landmark model a 256x256 rotated crop in [0, 1] (replicated
+border). Thresholds are MediaPipe's defaults (``pose_detection_cpu.pbtxt``, ``pose_landmarker_graph.cc``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from segzoo.errors import ConfigError, ModelError
+from segzoo.tasks.pose_estimation.anchors import SsdAnchorOptions
+from segzoo.tasks.pose_estimation.decode import DetectionDecoding
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """How an image region becomes one model's input."""
+
+    size: int
+    value_range: tuple[float, float]
+    border: str
+
+
+@dataclass(frozen=True)
+class PosePreset:
+    """Files, inputs, decoding and thresholds of a detector + landmark-model pose pipeline."""
+
+    name: str
+    detector_file: str
+    landmark_file: str
+    detector_input: ModelInput
+    landmark_input: ModelInput
+    anchors: SsdAnchorOptions = field(default_factory=SsdAnchorOptions)
+    decoding: DetectionDecoding = field(default_factory=DetectionDecoding)
+    nms_iou: float = 0.3
+    roi_keypoints: tuple[int, int] = (0, 1)
+    roi_target_angle: float = math.pi / 2
+    roi_scale: float = 1.25
+    num_landmarks: int = 39
+    num_body_landmarks: int = 33
+    tracking_landmarks: tuple[int, int] = (33, 34)
+    min_pose_presence: float = 0.5
+    min_tracking_iou: float = 0.5
+    heatmap_kernel: int = 7
+    heatmap_min_confidence: float = 0.5
+    num_poses: int = 1
+
+    def with_options(self, **changes: object) -> PosePreset:
+        """A copy with some fields changed (e.g. ``num_poses``); ConfigError for an unknown field or a bad value."""
+        unknown = sorted(set(changes) - set(self.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"pose preset {self.name}: unknown option(s) {', '.join(unknown)}")
+        preset = replace(self, **changes)
+        if preset.num_poses < 1:
+            raise ConfigError(f"pose preset {self.name}: num_poses must be >= 1, got {preset.num_poses}")
+        for key in ("min_pose_presence", "min_tracking_iou", "nms_iou"):
+            if not 0.0 <= getattr(preset, key) <= 1.0:
+                raise ConfigError(f"pose preset {self.name}: {key} must be in [0, 1], got {getattr(preset, key)}")
+        return preset
+
+    def files(self, folder: str | Path) -> tuple[Path, Path]:
+        """(detector, landmark model) paths in ``folder``; ModelError naming a missing file."""
+        folder = Path(folder)
+        paths = (folder / self.detector_file, folder / self.landmark_file)
+        for path in paths:
+            if not path.is_file():
+                raise ModelError(f"{path}: model file of the {self.name} pipeline not found "
+                                 f"(the folder must hold {self.detector_file} and {self.landmark_file})")
+        return paths
+
+    def to_dict(self) -> dict:
+        """Everything as plain values: the board application's ``pose_config.json`` and reports."""
+        return asdict(self)
+
+
+MEDIAPIPE_POSE_FULL = PosePreset(
+    name="mediapipe_pose_full",
+    detector_file="pose_detection.tflite",
+    landmark_file="pose_landmark_full.tflite",
+    detector_input=ModelInput(size=224, value_range=(-1.0, 1.0), border="zero"),
+    landmark_input=ModelInput(size=256, value_range=(0.0, 1.0), border="replicate"),
+)
+
+PRESETS: dict[str, PosePreset] = {MEDIAPIPE_POSE_FULL.name: MEDIAPIPE_POSE_FULL}
+
+
+def get_preset(name: str) -> PosePreset:
+    """The preset registered under ``name``; ConfigError listing the known ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown pose pipeline preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
