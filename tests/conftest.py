@@ -86,3 +86,15 @@ def trained_run(tmp_path_factory, dataset_root) -> tuple[Path, dict, dict]:
     run_dir = tmp / "run1"
     results = run(cfg, run_dir=run_dir)
     return run_dir, results, cfg
+
+
+@pytest.fixture
+def mediapipe_dir() -> Path:
+    """MediaPipe Pose's float detector and landmark models."""
+    return shared_path("pretrained", "mediapipe_pose")
+
+
+@pytest.fixture
+def keypoints_dir() -> Path:
+    """4 real COCO val images with 14 persons' keypoints (COCO json)."""
+    return shared_path("datasets", "coco_keypoints_mmpose")

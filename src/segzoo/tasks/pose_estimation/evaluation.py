@@ -112,11 +112,12 @@ def _person(ann: dict, index: int, image_ids: set[int], source: Path) -> Person:
     image_id = _field(ann, "image_id", where, source, int)
     if image_id not in image_ids:
         raise DataError(f"{source}: {where}.image_id {image_id} names no image of 'images'")
-    keypoints = _numbers(ann.get("keypoints"), 51, f"{where}.keypoints", source).reshape(17, 3)
+    keypoints = _numbers(_field(ann, "keypoints", where, source, object), 51, f"{where}.keypoints",
+                         source).reshape(17, 3)
     if not set(np.unique(keypoints[:, 2])) <= {0.0, 1.0, 2.0}:
         raise DataError(f"{source}: {where}.keypoints has visibility flags {sorted(set(keypoints[:, 2]))}; "
                         "COCO uses 0 (not labelled), 1 (labelled, hidden), 2 (visible)")
-    bbox = _numbers(ann.get("bbox"), 4, f"{where}.bbox", source)
+    bbox = _numbers(_field(ann, "bbox", where, source, object), 4, f"{where}.bbox", source)
     area = float(_field(ann, "area", where, source, (int, float)))
     if area < 0:
         raise DataError(f"{source}: {where}.area is negative ({area})")
@@ -203,23 +204,27 @@ def torso(person: Person) -> float | None:
 
 
 def match_persons(dataset: KeypointDataset, predictions: dict[int, ImagePrediction]) -> list[dict]:
-    """Each evaluated person with the index and OKS of its best prediction (index None, OKS 0 when none)."""
+    """Each evaluated person with the index and OKS of its best prediction (index None, OKS 0 when none);
+    ``found`` when that prediction fits this person better than any other person of the image."""
     rows = []
     for image in dataset.images:
         pred = predictions.get(image.id)
-        for person in image.persons:
-            if not person.evaluated:
-                continue
-            scores = [oks(k, person) for k in pred.keypoints] if pred is not None else []
-            best = int(np.argmax(scores)) if scores else None
+        persons = [p for p in image.persons if p.evaluated]
+        table = np.array([[oks(k, p) for k in pred.keypoints] for p in persons]) if pred is not None and len(
+            pred.keypoints) else np.zeros((len(persons), 0))
+        for i, person in enumerate(persons):
+            best = int(np.argmax(table[i])) if table.shape[1] else None
+            mutual = best is not None and int(np.argmax(table[:, best])) == i and table[i, best] > 0
             rows.append({"person_id": person.id, "image_id": image.id, "prediction": best,
-                         "oks": scores[best] if scores else 0.0, "torso": torso(person)})
+                         "oks": float(table[i, best]) if best is not None else 0.0, "found": bool(mutual),
+                         "torso": torso(person)})
     return rows
 
 
 def pck(dataset: KeypointDataset, predictions: dict[int, ImagePrediction], matches: list[dict],
         ratio: float = PCK_RATIO) -> dict:
-    """PCK@ratio overall and per keypoint, and the torso-normalized error of matched keypoints."""
+    """PCK@ratio overall and per keypoint, and the torso-normalized error of the keypoints of found persons
+    (see :func:`match_persons`: a prediction's error counts only for the person it fits best)."""
     persons = {p.id: p for im in dataset.images for p in im.persons}
     correct, total = np.zeros(17), np.zeros(17)
     errors: list[list[float]] = [[] for _ in range(17)]
@@ -236,7 +241,7 @@ def pck(dataset: KeypointDataset, predictions: dict[int, ImagePrediction], match
         predicted = predictions[row["image_id"]].keypoints[row["prediction"], :, :2]
         distance = np.linalg.norm(predicted - person.keypoints[:, :2], axis=1) / diameter
         correct += labelled & (distance <= ratio)
-        for k in np.flatnonzero(labelled):
+        for k in np.flatnonzero(labelled if row["found"] else []):
             errors[k].append(float(distance[k]))
     per_keypoint = {name: {"pck": float(correct[k] / total[k]) if total[k] else None, "labelled": int(total[k]),
                            "mean_error": float(np.mean(errors[k])) if errors[k] else None,

@@ -59,9 +59,9 @@ def pose_json(result: PoseResult, image_path: Path, image_hw: tuple[int, int]) -
         landmarks = result.landmarks[i]
         coco = to_coco(landmarks)
         poses.append({
-            "score": float(result.scores[i]), "presence": float(result.presence[i]),
+            "score": round(float(result.scores[i]), 4), "presence": round(float(result.presence[i]), 4),
             "roi": dict(zip(("x_center", "y_center", "width", "height", "rotation"),
-                            (float(v) for v in result.rois[i]))),
+                            (round(float(v), 4) for v in result.rois[i]))),
             "landmarks": [dict(zip(("x", "y", "z", "visibility", "presence"), (round(float(v), 3) for v in lm)))
                           for lm in landmarks],
             "coco_keypoints": {name: [round(float(k[0]), 2), round(float(k[1]), 2), round(float(k[3]), 3)]
