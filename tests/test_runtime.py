@@ -86,3 +86,24 @@ def test_litert_runner_quantizes_and_dequantizes_like_the_segmentation_runner(co
     y = float_io.predict({float_io.inputs[0].name: np.zeros(float_io.inputs[0].shape, np.float32)})
     np.testing.assert_allclose(y[float_io.outputs[0].name][0], TFLiteRunner(st_model).predict(
         np.zeros(float_io.inputs[0].shape, np.float32))[0], atol=1e-5)
+
+
+@pytest.mark.slow  # imports TensorFlow
+def test_keras_named_runner_names_and_values():
+    import keras
+
+    from segzoo.runtime.keras import KerasNamedRunner
+
+    inputs = keras.Input((4,), name="pixels")
+    boxes = keras.layers.Dense(3, name="boxes")(inputs)
+    scores = keras.layers.Dense(1, activation="sigmoid", name="scores")(inputs)
+    model = keras.Model(inputs, [boxes, scores], name="tiny")
+    runner = KerasNamedRunner(model)
+    assert [(s.name, s.shape) for s in runner.inputs] == [("pixels", (1, 4))]
+    assert [(s.name, s.shape) for s in runner.outputs] == [("boxes", (1, 3)), ("scores", (1, 1))]
+    x = np.arange(4, dtype=np.float32)[None]
+    out = runner.predict({"pixels": x})
+    kernel, bias = model.get_layer("boxes").get_weights()
+    np.testing.assert_allclose(out["boxes"], x @ kernel + bias, rtol=1e-5)
+    assert 0 < float(out["scores"][0, 0]) < 1
+    assert bind_by_shape(runner, {"s": (1,)}, source="tiny") == {"s": "scores"}
