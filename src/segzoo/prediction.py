@@ -83,7 +83,8 @@ def _save_png(array: np.ndarray, path: Path, palette: bool = False) -> Path:
     return write_with(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _check_stems(image_paths: list[Path]) -> None:
+def check_stems(image_paths: list[Path]) -> None:
+    """DataError when two inputs share a file stem (their outputs would overwrite each other)."""
     repeated = [stem for stem, n in Counter(Path(p).stem for p in image_paths).items() if n > 1]
     if repeated:
         raise DataError(f"several input images share the name stem {repeated[0]!r}: their outputs would overwrite "
@@ -94,7 +95,7 @@ def predict_images(runner: Runner, image_paths: list[Path], out_dir: Path, pp: P
                    *, alpha: float = 0.5) -> list[dict]:
     """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` for each image."""
     out_dir = Path(out_dir)
-    _check_stems(image_paths)
+    check_stems(image_paths)
     rows = []
     for path in tqdm(image_paths, desc="Predicting", unit="img"):
         path = Path(path)

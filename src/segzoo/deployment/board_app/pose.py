@@ -47,8 +47,7 @@ def _load_segment_app():
 common = _load_segment_app()
 np, cv2 = common.np, common.cv2
 AppError = common.AppError
-EXIT_OK, EXIT_VERIFY, EXIT_RUNTIME, EXIT_MODEL, EXIT_INPUT = (common.EXIT_OK, common.EXIT_VERIFY, common.EXIT_RUNTIME,
-                                                              common.EXIT_MODEL, common.EXIT_INPUT)
+EXIT_OK, EXIT_RUNTIME, EXIT_MODEL, EXIT_INPUT = common.EXIT_OK, common.EXIT_RUNTIME, common.EXIT_MODEL, common.EXIT_INPUT
 CONNECTIONS = ((0, 1), (1, 2), (2, 3), (3, 7), (0, 4), (4, 5), (5, 6), (6, 8), (9, 10), (11, 12), (11, 13), (13, 15),
                (15, 17), (15, 19), (15, 21), (17, 19), (12, 14), (14, 16), (16, 18), (16, 20), (16, 22), (18, 20),
                (11, 23), (12, 24), (23, 24), (23, 25), (24, 26), (25, 27), (26, 28), (27, 29), (28, 30), (29, 31),
@@ -599,14 +598,7 @@ def run_stream(pipeline: PosePipeline, args: argparse.Namespace, out_dir: Path |
 def run(args: argparse.Namespace) -> int:
     """Do what the arguments ask; AppError for anything the user can fix."""
     if args.verify:
-        problems = common.verify_manifest(HERE)
-        for problem in problems:
-            print(f"verify: {problem}", file=sys.stderr)
-        if problems:
-            print(f"verify: FAILED, {len(problems)} problem(s) in {HERE}", file=sys.stderr)
-            return EXIT_VERIFY
-        print(f"verify: OK, {len(common.read_manifest(HERE)['files'])} files match {common.MANIFEST}")
-        return EXIT_OK
+        return common.verify_command(HERE)
     common._require_packages()
     pipeline = open_pipeline(args)
     if args.benchmark is not None:
@@ -616,9 +608,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"models {pipeline.detector.path.name} + {pipeline.landmark.path.name}: runtime "
           f"{pipeline.landmark.runtime}, delegate {pipeline.landmark.delegate}, up to {pipeline.num_poses} pose(s)",
           flush=True)
-    out_dir = Path(args.output) if args.output else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = common.output_dir(args)
     if args.input:
         for path in common.collect_images(args.input):
             image = common.read_image(path)
@@ -635,12 +625,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list | None = None) -> int:
     """Entry point: exit code as documented at the top of this file."""
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except AppError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.code
+    return common.run_guarded(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -666,14 +666,7 @@ def load_bundle_config(bundle_dir: Path) -> tuple[dict, list]:
 def run(args: argparse.Namespace) -> int:
     """Do what the arguments ask; AppError for anything the user can fix."""
     if args.verify:
-        problems = verify_manifest(HERE)
-        for problem in problems:
-            print(f"verify: {problem}", file=sys.stderr)
-        if problems:
-            print(f"verify: FAILED, {len(problems)} problem(s) in {HERE}", file=sys.stderr)
-            return EXIT_VERIFY
-        print(f"verify: OK, {len(read_manifest(HERE)['files'])} files match {MANIFEST}")
-        return EXIT_OK
+        return verify_command(HERE)
     _require_packages()
     model = open_model(*model_files(HERE, args.model), args.runtime, args.threads)
     if args.benchmark is not None:
@@ -683,9 +676,7 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter(model, config, class_names)
     print(f"model {model.path.name}: input {'x'.join(map(str, model.input_shape[1:]))} {model.input_dtype}, "
           f"runtime {model.runtime}, delegate {model.delegate}", flush=True)
-    out_dir = Path(args.output) if args.output else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(args)
     if args.input:
         segment_files(segmenter, collect_images(args.input), out_dir, args.show, args.alpha)
     else:
@@ -693,14 +684,38 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: list | None = None) -> int:
-    """Entry point: exit code as documented at the top of this file."""
-    args = parse_args(argv)
+def verify_command(bundle_dir: Path) -> int:
+    """--verify: print every problem of the bundle (or OK) and return the exit code."""
+    problems = verify_manifest(bundle_dir)
+    for problem in problems:
+        print(f"verify: {problem}", file=sys.stderr)
+    if problems:
+        print(f"verify: FAILED, {len(problems)} problem(s) in {bundle_dir}", file=sys.stderr)
+        return EXIT_VERIFY
+    print(f"verify: OK, {len(read_manifest(bundle_dir)['files'])} files match {MANIFEST}")
+    return EXIT_OK
+
+
+def output_dir(args: argparse.Namespace) -> Path | None:
+    """The --output folder, created, or None."""
+    out_dir = Path(args.output) if args.output else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def run_guarded(run_args, args: argparse.Namespace) -> int:
+    """``run_args(args)``, an AppError printed as ``error: ...`` and turned into its exit code."""
     try:
-        return run(args)
+        return run_args(args)
     except AppError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
+
+
+def main(argv: list | None = None) -> int:
+    """Entry point: exit code as documented at the top of this file."""
+    return run_guarded(run, parse_args(argv))
 
 
 if __name__ == "__main__":

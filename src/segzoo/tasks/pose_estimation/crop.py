@@ -21,6 +21,8 @@ import math
 import cv2
 import numpy as np
 
+from segzoo.tasks.pose_estimation.decode import box_iou
+
 BORDERS = {"zero": cv2.BORDER_CONSTANT, "replicate": cv2.BORDER_REPLICATE}
 
 
@@ -104,9 +106,6 @@ def to_range(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray
 
 def roi_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of the axis-aligned boxes of two ROIs, rotation ignored (MediaPipe's rect association)."""
-    boxes = np.array([[r[0] - r[2] / 2, r[1] - r[3] / 2, r[0] + r[2] / 2, r[1] + r[3] / 2] for r in (a, b)])
-    iw = min(boxes[0, 2], boxes[1, 2]) - max(boxes[0, 0], boxes[1, 0])
-    ih = min(boxes[0, 3], boxes[1, 3]) - max(boxes[0, 1], boxes[1, 1])
-    inter = iw * ih if iw > 0 and ih > 0 else 0.0
-    union = float(a[2] * a[3] + b[2] * b[3] - inter)
-    return inter / union if union > 0 else 0.0
+    boxes = np.array([[r[0] - r[2] / 2, r[1] - r[3] / 2, r[0] + r[2] / 2, r[1] + r[3] / 2] for r in (a, b)],
+                     dtype=np.float64)
+    return float(box_iou(boxes[0], boxes[1:])[0])

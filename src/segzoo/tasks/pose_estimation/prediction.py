@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from segzoo.data.loader import read_image
-from segzoo.errors import DataError
 from segzoo.io import write_json, write_with
+from segzoo.prediction import check_stems
 from segzoo.tasks.pose_estimation.keypoints import COCO_KEYPOINTS, MEDIAPIPE_CONNECTIONS, to_coco
 from segzoo.tasks.pose_estimation.pipeline import PoseResult
 
@@ -77,11 +77,7 @@ def predict_poses(estimate: Callable[[np.ndarray], PoseResult], image_paths: Seq
                   min_visibility: float = 0.5, mask_alpha: float = 0.4) -> list[dict]:
     """Write ``<stem>_pose.png`` (overlay) and ``<stem>_pose.json`` for each image; one summary row each."""
     out_dir = Path(out_dir)
-    stems = [Path(p).stem for p in image_paths]
-    repeated = sorted({s for s in stems if stems.count(s) > 1})
-    if repeated:
-        raise DataError(f"several input images share the name stem {repeated[0]!r}: their outputs would overwrite "
-                        "each other; rename them or predict them into separate folders")
+    check_stems(list(image_paths))
     rows = []
     for path in map(Path, image_paths):
         start = time.perf_counter()
