@@ -47,7 +47,7 @@ def _load_segment_app():
 common = _load_segment_app()
 np, cv2 = common.np, common.cv2
 AppError = common.AppError
-EXIT_OK, EXIT_RUNTIME, EXIT_MODEL, EXIT_INPUT = common.EXIT_OK, common.EXIT_RUNTIME, common.EXIT_MODEL, common.EXIT_INPUT
+EXIT_OK, EXIT_RUNTIME, EXIT_MODEL = common.EXIT_OK, common.EXIT_RUNTIME, common.EXIT_MODEL
 CONNECTIONS = ((0, 1), (1, 2), (2, 3), (3, 7), (0, 4), (4, 5), (5, 6), (6, 8), (9, 10), (11, 12), (11, 13), (13, 15),
                (15, 17), (15, 19), (15, 21), (17, 19), (12, 14), (14, 16), (16, 18), (16, 20), (16, 22), (18, 20),
                (11, 23), (12, 24), (23, 24), (23, 25), (24, 26), (25, 27), (26, 28), (27, 29), (28, 30), (29, 31),
@@ -473,31 +473,15 @@ def _report(name: str, times: dict, pipeline: PosePipeline) -> None:
 # ----------------------------------------------------------------------------------------------------------- main
 
 def parse_args(argv: list | None) -> argparse.Namespace:
-    """Command-line arguments."""
-    parser = argparse.ArgumentParser(description="MediaPipe Pose with a segzoo pose bundle (X-LINUX-AI or PC).")
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--verify", action="store_true", help="check the bundle's files against manifest.json")
-    mode.add_argument("--benchmark", type=int, metavar="N", help="time N inferences of each model, JSON lines")
-    mode.add_argument("--input", nargs="+", metavar="PATH", help="image files or folders")
-    mode.add_argument("--camera", metavar="DEVICE", help="V4L2 camera device, e.g. /dev/video0")
-    mode.add_argument("--pipeline", metavar="GST", help="a GStreamer pipeline ending in appsink (BGR frames)")
-    mode.add_argument("--video", metavar="FILE", help="a video file")
-    parser.add_argument("--output", metavar="DIR", help="write <name>_pose.png and <name>_pose.json here")
-    parser.add_argument("--show", action="store_true", help="display the overlays (needs a display)")
+    """Command-line arguments (segment.py's, and the pose pipeline's own)."""
+    parser = common.app_parser("MediaPipe Pose with a segzoo pose bundle (X-LINUX-AI or PC).",
+                               "<name>_pose.png and <name>_pose.json")
     parser.add_argument("--detector", help="detector model to use instead of the bundle's (.tflite or .nb)")
     parser.add_argument("--landmark", help="landmark model to use instead of the bundle's (.tflite or .nb)")
     parser.add_argument("--config", help=f"pipeline configuration instead of the bundle's {CONFIG}")
-    parser.add_argument("--runtime", choices=common.RUNTIMES, default="auto",
-                        help="auto: stai_mpu, else TFLite with the VX delegate if present, else CPU")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for TFLite")
     parser.add_argument("--num-poses", type=int, help="most people per image (default: the configuration's)")
     parser.add_argument("--no-tracking", action="store_true", help="run the detector on every video frame")
     parser.add_argument("--min-visibility", type=float, default=0.5, help="landmarks drawn above this visibility")
-    parser.add_argument("--max-frames", type=int, help="stop a camera or video after this many frames")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed inferences before --benchmark")
-    parser.add_argument("--frame-width", type=int, default=640)
-    parser.add_argument("--frame-height", type=int, default=480)
-    parser.add_argument("--framerate", type=int, default=30)
     args = parser.parse_args(argv)
     if args.benchmark is not None and args.benchmark < 1:
         parser.error("--benchmark needs at least 1 run")
@@ -556,43 +540,22 @@ def open_pipeline(args: argparse.Namespace) -> PosePipeline:
 
 
 def benchmark(model: PoseModel, runs: int, warmup: int) -> dict:
-    """min/median/p90 of ``runs`` inferences on a fixed random input."""
+    """segment.py's timing of one model on a fixed random float input in [0, 1]."""
     x = np.random.default_rng(0).uniform(0.0, 1.0, model.input_shape).astype(np.float32)
-    for _ in range(warmup):
-        model.run(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.run(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    v = np.asarray(times)
-    return {"tool": "pose.py", "model": model.path.name, "runtime": model.runtime, "delegate": model.delegate,
-            "runs": runs, "min_ms": round(float(v.min()), 3), "median_ms": round(float(np.median(v)), 3),
-            "p90_ms": round(float(np.percentile(v, 90)), 3)}
+    return {"tool": "pose.py", **common.time_model(model, x, runs, warmup)}
 
 
 def run_stream(pipeline: PosePipeline, args: argparse.Namespace, out_dir: Path | None) -> None:
     """Frames until the stream ends, --max-frames, 'q' or Ctrl-C; tracking unless --no-tracking."""
-    capture, count = common.open_stream(args), 0
-    try:
-        while args.max_frames is None or count < args.max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            count += 1
-            image = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            poses, times = pipeline.estimate(image) if args.no_tracking else pipeline.track(image)
-            _report(f"frame {count}", times, pipeline)
-            if out_dir is not None:
-                save_outputs(out_dir, f"frame_{count:06d}", f"frame {count}", image, poses, times, args.min_visibility)
-            if args.show and common._show(render(image, poses, args.min_visibility), wait=False):
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        capture.release()
-    if count == 0:
-        raise AppError("the stream delivered no frame", EXIT_INPUT)
+
+    def handle(count: int, image) -> bool:
+        poses, times = pipeline.estimate(image) if args.no_tracking else pipeline.track(image)
+        _report(f"frame {count}", times, pipeline)
+        if out_dir is not None:
+            save_outputs(out_dir, f"frame_{count:06d}", f"frame {count}", image, poses, times, args.min_visibility)
+        return args.show and common._show(render(image, poses, args.min_visibility), wait=False)
+
+    common.for_each_frame(args, handle)
 
 
 def run(args: argparse.Namespace) -> int:

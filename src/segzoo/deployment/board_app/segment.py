@@ -558,8 +558,9 @@ def open_stream(args: argparse.Namespace):
     return capture
 
 
-def segment_stream(segmenter: Segmenter, args: argparse.Namespace, out_dir: Path | None) -> None:
-    """Segment frames until the stream ends, --max-frames, 'q' in the window or Ctrl-C."""
+def for_each_frame(args: argparse.Namespace, handle) -> None:
+    """``handle(count, rgb_frame)`` for each frame of the stream until it ends, --max-frames, Ctrl-C or
+    ``handle`` returns True (e.g. 'q' in the window); AppError when no frame came."""
     capture = open_stream(args)
     count = 0
     try:
@@ -568,12 +569,7 @@ def segment_stream(segmenter: Segmenter, args: argparse.Namespace, out_dir: Path
             if not ok:
                 break
             count += 1
-            image = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            labels, times = segmenter.segment(image)
-            _report(f"frame {count}", times, segmenter.model, labels, segmenter.class_names)
-            if out_dir is not None:
-                save_outputs(out_dir, f"frame_{count:06d}", image, labels, segmenter.class_names, args.alpha)
-            if args.show and _show(render_overlay(image, labels, segmenter.class_names, args.alpha), wait=False):
+            if handle(count, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)):
                 break
     except KeyboardInterrupt:
         pass
@@ -581,6 +577,19 @@ def segment_stream(segmenter: Segmenter, args: argparse.Namespace, out_dir: Path
         capture.release()
     if count == 0:
         raise AppError("the stream delivered no frame", EXIT_INPUT)
+
+
+def segment_stream(segmenter: Segmenter, args: argparse.Namespace, out_dir: Path | None) -> None:
+    """Segment frames until the stream ends, --max-frames, 'q' in the window or Ctrl-C."""
+
+    def handle(count: int, image) -> bool:
+        labels, times = segmenter.segment(image)
+        _report(f"frame {count}", times, segmenter.model, labels, segmenter.class_names)
+        if out_dir is not None:
+            save_outputs(out_dir, f"frame_{count:06d}", image, labels, segmenter.class_names, args.alpha)
+        return args.show and _show(render_overlay(image, labels, segmenter.class_names, args.alpha), wait=False)
+
+    for_each_frame(args, handle)
 
 
 def _show(overlay, wait: bool) -> bool:
@@ -601,6 +610,11 @@ def benchmark(model, runs: int, warmup: int) -> dict:
         tensor = rng.integers(info.min, info.max + 1, size=shape).astype(model.input_dtype)
     else:
         tensor = rng.uniform(-1.0, 1.0, size=shape).astype(model.input_dtype)
+    return {"tool": "segment.py", **time_model(model, tensor, runs, warmup)}
+
+
+def time_model(model, tensor, runs: int, warmup: int) -> dict:
+    """min/median/p90/mean ms of ``runs`` calls of ``model.run(tensor)`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         model.run(tensor)
     times = []
@@ -609,36 +623,43 @@ def benchmark(model, runs: int, warmup: int) -> dict:
         model.run(tensor)
         times.append((time.perf_counter() - start) * 1e3)
     values = np.asarray(times)
-    return {"tool": "segment.py", "model": model.path.name, "runtime": model.runtime, "delegate": model.delegate,
-            "runs": runs, "warmup": warmup, "min_ms": round(float(values.min()), 3),
-            "median_ms": round(float(np.median(values)), 3), "p90_ms": round(float(np.percentile(values, 90)), 3),
-            "mean_ms": round(float(values.mean()), 3)}
+    return {"model": model.path.name, "runtime": model.runtime, "delegate": model.delegate, "runs": runs,
+            "warmup": warmup, "min_ms": round(float(values.min()), 3), "median_ms": round(float(np.median(values)), 3),
+            "p90_ms": round(float(np.percentile(values, 90)), 3), "mean_ms": round(float(values.mean()), 3)}
 
 
 # ------------------------------------------------------------------------------------------------------- main
 
-def parse_args(argv: list | None) -> argparse.Namespace:
-    """Command-line arguments."""
-    parser = argparse.ArgumentParser(description="Semantic segmentation with a segzoo bundle (X-LINUX-AI or PC).")
+def app_parser(description: str, outputs: str) -> argparse.ArgumentParser:
+    """The arguments every board application takes: a mode (verify, benchmark, images, camera, GStreamer
+    pipeline, video), --output, --show, the runtime and the stream settings."""
+    parser = argparse.ArgumentParser(description=description)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--verify", action="store_true", help="check the bundle's files against manifest.json")
-    mode.add_argument("--benchmark", type=int, metavar="N", help="time N inferences, print one JSON line")
-    mode.add_argument("--input", nargs="+", metavar="PATH", help="image files or folders to segment")
+    mode.add_argument("--benchmark", type=int, metavar="N", help="time N inferences, print JSON lines")
+    mode.add_argument("--input", nargs="+", metavar="PATH", help="image files or folders")
     mode.add_argument("--camera", metavar="DEVICE", help="V4L2 camera device, e.g. /dev/video0")
     mode.add_argument("--pipeline", metavar="GST", help="a GStreamer pipeline ending in appsink (BGR frames)")
     mode.add_argument("--video", metavar="FILE", help="a video file")
-    parser.add_argument("--output", metavar="DIR", help="write <name>_mask.png and <name>_overlay.png here")
+    parser.add_argument("--output", metavar="DIR", help=f"write {outputs} here")
     parser.add_argument("--show", action="store_true", help="display the overlays (needs a display)")
-    parser.add_argument("--model", help="model file to use instead of the bundle's (.tflite or .nb)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="auto: stai_mpu, else TFLite with the VX delegate if present, else CPU")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for TFLite")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours")
     parser.add_argument("--max-frames", type=int, help="stop a camera or video after this many frames")
     parser.add_argument("--warmup", type=int, default=3, help="untimed inferences before --benchmark")
     parser.add_argument("--frame-width", type=int, default=640)
     parser.add_argument("--frame-height", type=int, default=480)
     parser.add_argument("--framerate", type=int, default=30)
+    return parser
+
+
+def parse_args(argv: list | None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = app_parser("Semantic segmentation with a segzoo bundle (X-LINUX-AI or PC).",
+                        "<name>_mask.png and <name>_overlay.png")
+    parser.add_argument("--model", help="model file to use instead of the bundle's (.tflite or .nb)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours")
     args = parser.parse_args(argv)
     if args.benchmark is not None and args.benchmark < 1:
         parser.error("--benchmark needs at least 1 run")

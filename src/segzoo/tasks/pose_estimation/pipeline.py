@@ -145,12 +145,8 @@ def mask_stage(segmentation: np.ndarray, crop_matrices: np.ndarray, kept: np.nda
 
 # --------------------------------------------------------------------------------------------------- pipeline
 
-LANDMARK_ROLES = {"raw_landmarks": (195,), "pose_presence": (1,), "segmentation": (256, 256, 1),
-                  "heatmap": (64, 64, 39), "raw_world": (117,)}
-DETECTOR_ROLES = {"raw_boxes": (2254, 12), "raw_scores": (2254, 1)}
-
-
 def _roles(preset: PosePreset) -> tuple[dict, dict]:
+    """Output shapes (batch excluded) of each role of the detector and the landmark model."""
     n_anchors = len(ssd_anchors(preset.anchors))
     coords = 4 + 2 * preset.decoding.num_keypoints
     size = preset.landmark_input.size
@@ -176,7 +172,6 @@ class PosePipeline:
         anchors = ssd_anchors(preset.anchors)
         det_roles, lm_roles = _roles(preset)
         s_det, s_lm = preset.detector_input.size, preset.landmark_input.size
-        f32 = "float32"
         self.detection = Pipeline("detection", [
             FunctionRunner("detector_preprocess", lambda image: detector_input(image, preset), (IMAGE,),
                            (TensorSpec("detector_input", (1, s_det, s_det, 3)), TensorSpec("letterbox", (4,)))),
@@ -213,7 +208,7 @@ class PosePipeline:
                            (TensorSpec("segmentation", (-1, s_lm, s_lm, 1)),
                             TensorSpec("crop_matrices", (-1, 2, 3), "float64"), TensorSpec("kept", (-1,), "int64"),
                             IMAGE),
-                           (TensorSpec("masks", (-1, -1, -1), f32),)),
+                           (TensorSpec("masks", (-1, -1, -1)),)),
         ])
         clip = FunctionRunner("clip_num_poses", lambda rois, roi_scores: {
             "clipped_rois": rois[: self.preset.num_poses], "clipped_scores": roi_scores[: self.preset.num_poses]},
