@@ -123,3 +123,18 @@ def test_the_pipeline_takes_any_runner_of_the_two_models(pipeline, person_image,
                            (TensorSpec("y", (1, 224, 224, 3)),))
     with pytest.raises(ModelError, match="no output of shape"):
         PosePipeline(PRESET, wrong, landmark)
+
+
+def test_calibration_inputs_are_each_models_own_preprocessing(pipeline, coco_dir):
+    from segzoo.errors import DataError
+    from segzoo.tasks.pose_estimation.calibration import calibration_inputs
+
+    photos = coco_dir / "images" / "train2017"
+    batches = calibration_inputs(pipeline, [photos / "000000000036.jpg", photos / "000000000009.jpg"])
+    detector, landmark = batches["detector"], batches["landmark"]
+    assert detector.shape == (2, 224, 224, 3) and detector.min() >= -1.0 and detector.max() <= 1.0
+    assert (detector[:, 0, 0] == -1.0).all()  # letterbox padding is black, i.e. -1
+    assert landmark.shape == (1, 256, 256, 3)  # one person in the first photo, none in the food photo
+    assert landmark.min() >= 0.0 and landmark.max() <= 1.0 and landmark.std() > 0.1
+    with pytest.raises(DataError, match="found no person"):
+        calibration_inputs(pipeline, [photos / "000000000009.jpg"])

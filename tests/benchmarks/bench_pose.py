@@ -48,8 +48,8 @@ from segzoo.data.loader import read_image  # noqa: E402
 from segzoo.runtime.litert import LiteRTRunner  # noqa: E402
 from segzoo.tasks.pose_estimation.evaluation import (evaluate_keypoints, evaluate_person_masks,  # noqa: E402
                                                      load_coco_keypoints, person_mask_samples)
-from segzoo.tasks.pose_estimation.pipeline import (PosePipeline, PoseTracker, detector_input,  # noqa: E402
-                                                   landmark_inputs)
+from segzoo.tasks.pose_estimation.calibration import calibration_inputs  # noqa: E402
+from segzoo.tasks.pose_estimation.pipeline import PosePipeline, PoseTracker  # noqa: E402
 from segzoo.tasks.pose_estimation.preset import MEDIAPIPE_POSE_FULL, PosePreset  # noqa: E402
 
 
@@ -136,18 +136,7 @@ def fold_constant_ops(source: Path, target: Path) -> Path:
     return target
 
 
-def calibration_feeds(preset: PosePreset, pipeline: PosePipeline, paths: list[Path]) -> tuple[list, list]:
-    """Detector inputs of the photos and landmark inputs of the float pipeline's crops of them."""
-    detector, landmark = [], []
-    for path in paths:
-        image = read_image(path)
-        detector.append({"input_1": detector_input(image, preset)["detector_input"]})
-        rois = pipeline.detection.predict({"image": image})["rois"][: preset.num_poses]
-        landmark += [{"input_1": crop[None]} for crop in landmark_inputs(image, rois, preset)["landmark_input"]]
-    return detector, landmark
-
-
-def standard_ptq(source: Path, feeds: list[dict], granularity: str, out_dir: Path) -> Path:
+def standard_ptq(source: Path, batch: np.ndarray, granularity: str, out_dir: Path) -> Path:
     """ai-edge-quantizer's static int8 (min/max) quantization, weights per tensor or per channel."""
     from ai_edge_quantizer import qtyping, quantizer
 
@@ -156,11 +145,12 @@ def standard_ptq(source: Path, feeds: list[dict], granularity: str, out_dir: Pat
     q.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, 8, 8,
                         getattr(qtyping.QuantGranularity, granularity))
     target = out_dir / f"{source.stem}_ptq_{granularity.lower()}.tflite"
+    feeds = [{"input_1": x[None]} for x in batch]
     q.quantize(q.calibrate({"serving_default": feeds})).export_model(str(target), overwrite=True)
     return target
 
 
-def segzoo_per_tensor(source: Path, feeds: list[dict], out_dir: Path) -> Path | None:
+def segzoo_per_tensor(source: Path, batch: np.ndarray, out_dir: Path) -> Path | None:
     """segzoo's own per-tensor conversion of an imported float .tflite, or None while the importer is missing."""
     try:
         from segzoo.quantization.converter import convert
@@ -170,8 +160,6 @@ def segzoo_per_tensor(source: Path, feeds: list[dict], out_dir: Path) -> Path | 
     except Exception as exc:  # the importer has not landed: say so and go on
         print(f"  segzoo per-tensor: not available ({type(exc).__name__}: {str(exc)[:120]})")
         return None
-    batch = np.concatenate([f["input_1"] for f in feeds])
-
     def representative():
         for x in batch:
             yield [x[None]]
@@ -237,7 +225,8 @@ def main() -> int:
         out_dir = args.out or Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
         if not args.no_ptq:
-            det_feeds, lm_feeds = calibration_feeds(preset, pipeline, calibration)
+            batches = calibration_inputs(pipeline, calibration)
+            det_feeds, lm_feeds = batches["detector"], batches["landmark"]
             print(f"\n## Calibration: {len(det_feeds)} detector inputs, {len(lm_feeds)} landmark crops")
             try:
                 for granularity in ("TENSORWISE", "CHANNELWISE"):
