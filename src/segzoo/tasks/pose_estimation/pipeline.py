@@ -163,55 +163,61 @@ def _model_step(runner: NamedRunner, roles: dict, input_name: str, label: str) -
                 name=label)
 
 
+def detection_pipeline(preset: PosePreset, detector: NamedRunner) -> Pipeline:
+    """image -> detector input -> detector -> detections (decoded, NMS, letterbox removed) and their ROIs."""
+    anchors = ssd_anchors(preset.anchors)
+    roles, _ = _roles(preset)
+    size = preset.detector_input.size
+    return Pipeline("detection", [
+        FunctionRunner("detector_preprocess", lambda image: detector_input(image, preset), (IMAGE,),
+                       (TensorSpec("detector_input", (1, size, size, 3)), TensorSpec("letterbox", (4,)))),
+        _model_step(detector, roles, "detector_input", "detector"),
+        FunctionRunner("detector_postprocess",
+                       lambda raw_boxes, raw_scores, letterbox, image: decode_stage(
+                           raw_boxes, raw_scores, letterbox, image, anchors, preset),
+                       (TensorSpec("raw_boxes", (1, *roles["raw_boxes"])),
+                        TensorSpec("raw_scores", (1, *roles["raw_scores"])), TensorSpec("letterbox", (4,)), IMAGE),
+                       (TensorSpec("detections", (-1, 5 + 2 * preset.decoding.num_keypoints)),
+                        TensorSpec("rois", (-1, 5)), TensorSpec("roi_scores", (-1,)))),
+    ])
+
+
+def landmarking_pipeline(preset: PosePreset, landmark: NamedRunner) -> Pipeline:
+    """image + ROIs -> crops -> landmark model (once per ROI) -> landmarks in image pixels, masks, next ROIs."""
+    _, roles = _roles(preset)
+    size, body = preset.landmark_input.size, preset.num_body_landmarks
+    matrices, kept = TensorSpec("crop_matrices", (-1, 2, 3), "float64"), TensorSpec("kept", (-1,), "int64")
+    return Pipeline("landmarking", [
+        FunctionRunner("landmark_preprocess", lambda image, rois: landmark_inputs(image, rois, preset),
+                       (IMAGE, TensorSpec("rois", (-1, 5))), (TensorSpec("landmark_input", (-1, size, size, 3)),
+                                                              matrices)),
+        _model_step(PerItemRunner(landmark), roles, "landmark_input", "landmark"),
+        FunctionRunner("landmark_postprocess",
+                       lambda raw_landmarks, pose_presence, heatmap, raw_world, crop_matrices, rois, roi_scores:
+                       landmark_stage(raw_landmarks, pose_presence, heatmap, raw_world, crop_matrices, rois,
+                                      roi_scores, preset),
+                       tuple(TensorSpec(n, (-1, *shape)) for n, shape in roles.items() if n != "segmentation")
+                       + (matrices, TensorSpec("rois", (-1, 5)), TensorSpec("roi_scores", (-1,))),
+                       (TensorSpec("landmarks", (-1, body, 5)), TensorSpec("auxiliary", (-1, 2, 5)),
+                        TensorSpec("world_landmarks", (-1, body, 3)), TensorSpec("presence", (-1,)),
+                        TensorSpec("scores", (-1,)), TensorSpec("kept_rois", (-1, 5)),
+                        TensorSpec("next_rois", (-1, 5)), kept)),
+        FunctionRunner("mask_postprocess", mask_stage,
+                       (TensorSpec("segmentation", (-1, size, size, 1)), matrices, kept, IMAGE),
+                       (TensorSpec("masks", (-1, -1, -1)),)),
+    ])
+
+
 class PosePipeline:
     """Image -> poses with a detector and a landmark model (see the module docstring)."""
 
     def __init__(self, preset: PosePreset, detector: NamedRunner, landmark: NamedRunner) -> None:
         self.preset = preset
         self.name = preset.name
-        anchors = ssd_anchors(preset.anchors)
-        det_roles, lm_roles = _roles(preset)
-        s_det, s_lm = preset.detector_input.size, preset.landmark_input.size
-        self.detection = Pipeline("detection", [
-            FunctionRunner("detector_preprocess", lambda image: detector_input(image, preset), (IMAGE,),
-                           (TensorSpec("detector_input", (1, s_det, s_det, 3)), TensorSpec("letterbox", (4,)))),
-            _model_step(detector, det_roles, "detector_input", "detector"),
-            FunctionRunner("detector_postprocess",
-                           lambda raw_boxes, raw_scores, letterbox, image: decode_stage(
-                               raw_boxes, raw_scores, letterbox, image, anchors, preset),
-                           (TensorSpec("raw_boxes", (1, *det_roles["raw_boxes"])),
-                            TensorSpec("raw_scores", (1, *det_roles["raw_scores"])), TensorSpec("letterbox", (4,)),
-                            IMAGE),
-                           (TensorSpec("detections", (-1, 5 + 2 * preset.decoding.num_keypoints)),
-                            TensorSpec("rois", (-1, 5)), TensorSpec("roi_scores", (-1,)))),
-        ])
-        self.landmarking = Pipeline("landmarking", [
-            FunctionRunner("landmark_preprocess", lambda image, rois: landmark_inputs(image, rois, preset),
-                           (IMAGE, TensorSpec("rois", (-1, 5))),
-                           (TensorSpec("landmark_input", (-1, s_lm, s_lm, 3)),
-                            TensorSpec("crop_matrices", (-1, 2, 3), "float64"))),
-            _model_step(PerItemRunner(landmark), lm_roles, "landmark_input", "landmark"),
-            FunctionRunner("landmark_postprocess",
-                           lambda raw_landmarks, pose_presence, heatmap, raw_world, crop_matrices, rois, roi_scores:
-                           landmark_stage(raw_landmarks, pose_presence, heatmap, raw_world, crop_matrices, rois,
-                                          roi_scores, preset),
-                           tuple(TensorSpec(n, (-1, *shape)) for n, shape in lm_roles.items() if n != "segmentation")
-                           + (TensorSpec("crop_matrices", (-1, 2, 3), "float64"), TensorSpec("rois", (-1, 5)),
-                              TensorSpec("roi_scores", (-1,))),
-                           (TensorSpec("landmarks", (-1, preset.num_body_landmarks, 5)),
-                            TensorSpec("auxiliary", (-1, 2, 5)),
-                            TensorSpec("world_landmarks", (-1, preset.num_body_landmarks, 3)),
-                            TensorSpec("presence", (-1,)), TensorSpec("scores", (-1,)),
-                            TensorSpec("kept_rois", (-1, 5)), TensorSpec("next_rois", (-1, 5)),
-                            TensorSpec("kept", (-1,), "int64"))),
-            FunctionRunner("mask_postprocess", mask_stage,
-                           (TensorSpec("segmentation", (-1, s_lm, s_lm, 1)),
-                            TensorSpec("crop_matrices", (-1, 2, 3), "float64"), TensorSpec("kept", (-1,), "int64"),
-                            IMAGE),
-                           (TensorSpec("masks", (-1, -1, -1)),)),
-        ])
+        self.detection = detection_pipeline(preset, detector)
+        self.landmarking = landmarking_pipeline(preset, landmark)
         clip = FunctionRunner("clip_num_poses", lambda rois, roi_scores: {
-            "clipped_rois": rois[: self.preset.num_poses], "clipped_scores": roi_scores[: self.preset.num_poses]},
+            "clipped_rois": rois[: preset.num_poses], "clipped_scores": roi_scores[: preset.num_poses]},
             (TensorSpec("rois", (-1, 5)), TensorSpec("roi_scores", (-1,))),
             (TensorSpec("clipped_rois", (-1, 5)), TensorSpec("clipped_scores", (-1,))))
         self.pipeline = Pipeline(preset.name, [
@@ -234,7 +240,7 @@ class PosePipeline:
     def estimate(self, image: np.ndarray) -> PoseResult:
         """Poses in one RGB uint8 image (the detector always runs), at most ``preset.num_poses``."""
         out = self.predict({"image": image})
-        return _result(out, out["kept_rois"], dict(self.last_timings), detector_ran=True)
+        return _result(out, dict(self.last_timings), detector_ran=True)
 
 
 def load_pose_pipeline(preset: PosePreset, folder: str | Path, num_threads: int | None = None) -> PosePipeline:
@@ -244,9 +250,9 @@ def load_pose_pipeline(preset: PosePreset, folder: str | Path, num_threads: int 
                         LiteRTRunner(landmark, num_threads, name="landmark"))
 
 
-def _result(out: dict[str, np.ndarray], rois: np.ndarray, timings: dict[str, float], detector_ran: bool) -> PoseResult:
+def _result(out: dict[str, np.ndarray], timings: dict[str, float], detector_ran: bool) -> PoseResult:
     return PoseResult(landmarks=out["landmarks"], auxiliary=out["auxiliary"], world_landmarks=out["world_landmarks"],
-                      presence=out["presence"], scores=out["scores"], rois=rois, masks=out["masks"],
+                      presence=out["presence"], scores=out["scores"], rois=out["kept_rois"], masks=out["masks"],
                       timings=timings, detector_ran=detector_ran)
 
 
@@ -289,4 +295,4 @@ class PoseTracker:
         out = self.pipeline.landmarking.predict({"image": image, "rois": rois, "roi_scores": scores})
         timings.update({f"landmarking/{k}": v for k, v in self.pipeline.landmarking.last_timings.items()})
         self._rois, self._scores = out["next_rois"], out["scores"]
-        return _result(out, out["kept_rois"], timings, detector_ran)
+        return _result(out, timings, detector_ran)
