@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 
 from segzoo.data.loader import read_image
-from segzoo.deployment.bundle import BOARD_APP_DIR
+from segzoo.deployment.bundle import BOARD_APP_DIR, build_pose_bundle, verify_bundle
 from segzoo.io import write_json
 from segzoo.tasks.pose_estimation.anchors import ssd_anchors
 from segzoo.tasks.pose_estimation.pipeline import PoseTracker, load_pose_pipeline
@@ -40,20 +38,9 @@ def _args(app, mediapipe_dir: Path, config: Path, *extra: str):
 
 @pytest.fixture
 def bundle(mediapipe_dir, tmp_path) -> Path:
-    """A pose bundle laid out by hand: both apps, both models, the preset as pose_config.json, a manifest."""
-    folder = tmp_path / "segzoo_pose"
-    folder.mkdir()
-    for name in ("pose.py", "segment.py", "launch.sh"):
-        shutil.copy(BOARD_APP_DIR / name, folder / name)
-    for name in (PRESET.detector_file, PRESET.landmark_file):
-        shutil.copy(mediapipe_dir / name, folder / name)
-    write_json(folder / "pose_config.json", PRESET.to_dict())
-    files = {p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": p.stat().st_size}
-             for p in sorted(folder.iterdir())}
-    write_json(folder / "manifest.json", {"app": "pose.py", "files": files,
-                                          "models": {"detector": PRESET.detector_file,
-                                                     "landmark": PRESET.landmark_file}})
-    return folder
+    """A pose bundle of the float models with the preset (up to 3 poses)."""
+    detector, landmark = PRESET.files(mediapipe_dir)
+    return build_pose_bundle(PRESET, detector, landmark, tmp_path / "deployment")
 
 
 def _run(folder: Path, *args: str) -> subprocess.CompletedProcess:
@@ -134,3 +121,28 @@ def test_pose_app_errors(bundle, tmp_path):
     result = _run(bundle, "--input", str(tmp_path), "--runtime", "cpu")
     assert result.returncode == 4 and "missing key(s)" in result.stderr
     assert _run(bundle, "--verify").returncode == 1  # the configuration no longer matches the manifest
+
+
+def test_pose_bundle_contents_launcher_and_checks(bundle, mediapipe_dir, keypoints_dir, tmp_path):
+    names = sorted(p.name for p in bundle.iterdir())
+    assert names == sorted(["pose_detection.tflite", "pose_landmark_full.tflite", "pose_config.json", "pose.py",
+                            "segment.py", "launch.sh", "manifest.json"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["entry"] == "pose.py" and manifest["models"] == {"detector": "pose_detection.tflite",
+                                                                     "landmark": "pose_landmark_full.tflite"}
+    assert json.loads((bundle / "pose_config.json").read_text())["num_poses"] == 3
+    assert verify_bundle(bundle) == [] and [p.name for p in bundle.parent.iterdir()] == ["segzoo_pose"]
+    image = sorted((keypoints_dir / "images").glob("*.jpg"))[0]
+    result = subprocess.run(["sh", str(bundle / "launch.sh"), "--input", str(image), "--runtime", "cpu"],
+                            capture_output=True, text=True, timeout=180, env={"PATH": "/usr/bin:/bin",
+                                                                             "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    assert "verify: OK" in result.stdout and f"{image.name}: 1 pose(s)" in result.stdout
+
+    from segzoo.errors import ConfigError, ModelError
+    detector, landmark = PRESET.files(mediapipe_dir)
+    with pytest.raises(ModelError, match="no output of shape"):
+        build_pose_bundle(PRESET, landmark, detector, tmp_path / "swapped")
+    with pytest.raises(ConfigError, match="unknown role"):
+        build_pose_bundle(PRESET, detector, landmark, tmp_path / "x", nb_models={"heatmap": detector})
+    assert not (tmp_path / "swapped" / "segzoo_pose").exists()

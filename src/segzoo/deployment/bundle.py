@@ -2,7 +2,9 @@
 
 Layout: the model (``.tflite``, and the ``.nb`` NPU binary when given), ``labels.txt``, ``preprocessing.json``
 (segzoo's preprocessing, the model input size and quantization), the board app (``segment.py``, ``launch.sh``)
-and ``manifest.json`` (size and sha256 of each file, written last). The bundle is staged beside its destination and
+and ``manifest.json`` (size and sha256 of each file, written last). A pose bundle (``build_pose_bundle``) holds
+the detector and the landmark model, ``pose_config.json`` and ``pose.py`` instead of the labels and
+preprocessing. The bundle is staged beside its destination and
 renamed into place, so a run directory never holds a half-built bundle. The board checks the same manifest with
 ``segment.py --verify``; ``verify_bundle`` here runs that very code.
 """
@@ -27,11 +29,16 @@ from segzoo.errors import ConfigError, ModelError, SegzooError
 from segzoo.io import write_json, write_text
 from segzoo.preprocess import Preprocessing
 from segzoo.runners import Runner, check_output_classes, load_runner
+from segzoo.runtime.litert import LiteRTRunner
+from segzoo.tasks.pose_estimation.pipeline import PosePipeline
+from segzoo.tasks.pose_estimation.preset import PosePreset
 
 log = logging.getLogger(__name__)
 
 BOARD_APP_DIR = Path(__file__).resolve().parent / "board_app"
 BOARD_APP_FILES = ("segment.py", "launch.sh")
+POSE_APP_FILES = ("pose.py", "segment.py", "launch.sh")
+POSE_CONFIG = "pose_config.json"
 MANIFEST = "manifest.json"
 PREPROCESSING = "preprocessing.json"
 LABELS = "labels.txt"
@@ -63,16 +70,56 @@ def build_bundle(model_path: str | Path, out_dir: str | Path, *, class_names: li
     runner = load_runner(model_path, num_threads=1)
     _check_model(runner, pp, len(class_names))
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{app_name}.", dir=out_dir))
-    try:
+    def fill(stage: Path) -> tuple[list[Path], dict]:
         files = [_copy(model_path, stage), *([_copy(nb_path, stage)] if nb_path else [])]
         files.append(write_text(stage / LABELS, labels_text))
         files.append(write_json(stage / PREPROCESSING, _preprocessing_json(runner, pp, len(class_names))))
         files.extend(_copy(BOARD_APP_DIR / name, stage) for name in BOARD_APP_FILES)
-        write_json(stage / MANIFEST, _manifest(stage, files, app_name, model_path.name,
-                                                nb_path.name if nb_path else None))
+        return files, {"model": model_path.name, "nb_model": nb_path.name if nb_path else None}
+
+    return _staged_bundle(Path(out_dir), app_name, fill)
+
+
+def build_pose_bundle(preset: PosePreset, detector: str | Path, landmark: str | Path, out_dir: str | Path, *,
+                      nb_models: dict[str, Path] | None = None, app_name: str = "segzoo_pose") -> Path:
+    """Build ``out_dir/app_name`` for a detector + landmark pose pipeline and return its path.
+
+    Holds both models (and their ``.nb`` binaries, ``nb_models`` keyed ``detector``/``landmark``), the preset as
+    ``pose_config.json``, ``pose.py`` with ``segment.py`` (manifest check, runtimes) and ``launch.sh`` (which
+    runs ``pose.py`` when ``pose_config.json`` is there), and the manifest, whose ``models`` name both files.
+    Both models are loaded once: their outputs must bind to the preset's roles.
+    """
+    if not _APP_NAME.fullmatch(app_name or ""):
+        raise ConfigError(f"app name {app_name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
+    models = {"detector": _existing(detector, ".tflite"), "landmark": _existing(landmark, ".tflite")}
+    unknown = sorted(set(nb_models or {}) - set(models))
+    if unknown:
+        raise ConfigError(f"nb_models: unknown role(s) {unknown}; use detector and landmark")
+    nbs = {role: _existing(path, ".nb") for role, path in (nb_models or {}).items()}
+    names = [p.name for p in (*models.values(), *nbs.values())]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"the pose bundle's model files must have different names, got {names}")
+    PosePipeline(preset, LiteRTRunner(models["detector"], 1), LiteRTRunner(models["landmark"], 1))
+
+    def fill(stage: Path) -> tuple[list[Path], dict]:
+        files = [_copy(path, stage) for path in (*models.values(), *nbs.values())]
+        files.append(write_json(stage / POSE_CONFIG, preset.to_dict()))
+        files.extend(_copy(BOARD_APP_DIR / name, stage) for name in POSE_APP_FILES)
+        return files, {"model": None, "nb_model": None, "entry": "pose.py",
+                       "models": {role: path.name for role, path in models.items()},
+                       "nb_models": {role: path.name for role, path in nbs.items()}}
+
+    return _staged_bundle(Path(out_dir), app_name, fill)
+
+
+def _staged_bundle(out_dir: Path, app_name: str, fill) -> Path:
+    """Write the files ``fill(stage)`` returns and the manifest in a staging folder, then rename it into place."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{app_name}.", dir=out_dir))
+    try:
+        files, entries = fill(stage)
+        write_json(stage / MANIFEST, {**_manifest(stage, files, app_name, entries["model"], entries["nb_model"]),
+                                      **entries})
         bundle = out_dir / app_name
         _replace_dir(stage, bundle)
     except BaseException:

@@ -1,5 +1,6 @@
 #!/bin/sh
-# segzoo bundle launcher: check every file against manifest.json, then run segment.py with the arguments given.
+# segzoo bundle launcher: check every file against manifest.json, then run the bundle's app (segment.py, or
+# pose.py in a pose bundle) with the arguments given.
 #   ./launch.sh --input /path/to/images --output /path/to/results
 #   ./launch.sh --camera /dev/video0 --show
 # segment.py finds its model and settings beside itself, so relative paths in the arguments stay relative to
@@ -8,4 +9,6 @@ set -eu
 here=$(cd -- "$(dirname -- "$0")" && pwd)
 PYTHON="${PYTHON:-python3}"
 "$PYTHON" "$here/segment.py" --verify
-exec "$PYTHON" "$here/segment.py" "$@"
+app=segment.py
+[ -f "$here/pose_config.json" ] && app=pose.py   # a pose bundle
+exec "$PYTHON" "$here/$app" "$@"
