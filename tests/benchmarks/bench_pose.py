@@ -154,17 +154,14 @@ def segzoo_per_tensor(source: Path, batch: np.ndarray, out_dir: Path) -> Path | 
     """segzoo's own per-tensor conversion of an imported float .tflite, or None while the importer is missing."""
     try:
         from segzoo.quantization.converter import convert
-        from segzoo.quantization.quantize import load_float_model
+        from segzoo.quantization.quantize import load_float_model, representative
 
         model = load_float_model(source)
     except Exception as exc:  # the importer has not landed: say so and go on
         print(f"  segzoo per-tensor: not available ({type(exc).__name__}: {str(exc)[:120]})")
         return None
-    def representative():
-        for x in batch:
-            yield [x[None]]
-
-    return convert(model, representative, out_dir / f"{source.stem}_segzoo_int8_pt.tflite", granularity="per_tensor")
+    return convert(model, representative(batch), out_dir / f"{source.stem}_segzoo_int8_pt.tflite",
+                   granularity="per_tensor", input_type="float")
 
 
 # ----------------------------------------------------------------------------------------------------- accuracy
