@@ -138,3 +138,16 @@ def test_calibration_inputs_are_each_models_own_preprocessing(pipeline, coco_dir
     assert landmark.min() >= 0.0 and landmark.max() <= 1.0 and landmark.std() > 0.1
     with pytest.raises(DataError, match="found no person"):
         calibration_inputs(pipeline, [photos / "000000000009.jpg"])
+
+
+@pytest.mark.slow  # imports TensorFlow and rebuilds both models in Keras
+def test_imported_keras_models_give_the_same_poses(pipeline, person_image, mediapipe_dir):
+    from segzoo.litert.importer import import_tflite
+    from segzoo.runtime.keras import KerasNamedRunner
+
+    detector, landmark = (KerasNamedRunner(import_tflite(path)) for path in PRESET.files(mediapipe_dir))
+    expected, got = pipeline.estimate(person_image), PosePipeline(PRESET, detector, landmark).estimate(person_image)
+    assert len(got) == len(expected) == 1
+    np.testing.assert_allclose(got.landmarks[..., :2], expected.landmarks[..., :2], atol=0.5)
+    np.testing.assert_allclose(got.presence, expected.presence, atol=1e-3)
+    assert np.mean(got.person_mask() == expected.person_mask()) > 0.999

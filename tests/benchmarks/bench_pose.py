@@ -3,7 +3,7 @@
 Run by hand (not collected by pytest)::
 
     python tests/benchmarks/bench_pose.py [--threads N] [--rounds 5] [--mask-images 20] [--calibration 16]
-                                          [--num-poses 3] [--no-ptq] [--out DIR]
+                                          [--num-poses 3] [--float-only] [--out DIR]
 
 1. **Latency** (this host, LiteRT, float models): the pipeline on the 4 real COCO images of
    ``../shared/datasets/coco_keypoints_mmpose``, ``--rounds`` passes; median ms of every stage (letterbox,
@@ -12,17 +12,13 @@ Run by hand (not collected by pytest)::
 2. **Accuracy rows**: mean per-person OKS, COCO AP, PCK@0.2 on those 4 images and person-mask IoU on the first
    ``--mask-images`` COCO train photos with a person (``coco128_semseg``), for
    - ``float``: the two float .tflite files;
-   - ``ptq per-tensor`` / ``ptq per-channel``: a *standard* post-training int8 quantization of both models
-     (min/max calibration, int8 weights and activations) with Google's ``ai-edge-quantizer``, when it can be
-     imported (it is not a segzoo requirement: ``pip install --target DIR ai-edge-quantizer
-     litert-lm-builder immutabledict --no-deps`` and ``PYTHONPATH=DIR``). Calibration: the last
-     ``--calibration`` person photos of ``coco128_semseg`` (not those of the mask IoU), letterboxed for the
-     detector and cropped by the float pipeline for the landmark model. The float files keep fp16 weights
-     behind DEQUANTIZE and sparse ones behind DENSIFY, which the quantizer cannot read: those constant ops are
-     folded first (their outputs, computed by LiteRT, become float32 constants; outputs unchanged);
-   - with ``segzoo.quantization`` able to import a float .tflite (``load_float_model``), segzoo's own per-tensor
-     conversion of both models (the importer and per-tensor methods of the other branches).
-   The STM32MP257 estimate (``estimate_stm32mp2``) of each int8 model is printed beside it.
+   - ``ptq per-tensor`` / ``ptq per-channel``: the standard post-training int8 quantization (TFLite converter,
+     min/max calibration) of both models imported as Keras (``segzoo.litert``), without formatting;
+   - ``segzoo per-tensor``: segzoo's per-tensor formatting first (BN folding, cross-layer equalization, bias
+     absorption), then the same conversion; and each of its int8 models alone in the float pipeline.
+   Calibration: the last ``--calibration`` person photos of ``coco128_semseg`` (not those of the mask IoU),
+   letterboxed for the detector and cropped by the float pipeline for the landmark model
+   (``calibration_inputs``). The STM32MP257 estimate (``estimate_stm32mp2``) of each int8 model follows.
 """
 
 from __future__ import annotations
@@ -85,83 +81,24 @@ def latency(pipeline: PosePipeline, images: list[np.ndarray], rounds: int) -> di
     return out
 
 
-# ------------------------------------------------------------------------------------------------ standard PTQ
+# ------------------------------------------------------------------------------------------------- quantization
 
-def fold_constant_ops(source: Path, target: Path) -> Path:
-    """``source`` with every DEQUANTIZE/DENSIFY of constants replaced by its float32 result, and a
-    ``serving_default`` signature (what ai-edge-quantizer reads)."""
-    from ai_edge_litert import schema_py_generated as fb
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    from ai_edge_litert.tools import flatbuffer_utils
+def quantize_pair(models: dict, batches: dict[str, np.ndarray], granularity: str, formatted: bool,
+                  out_dir: Path) -> dict[str, Path]:
+    """Both imported float models converted to int8 (float I/O) by segzoo's converter; ``formatted`` first
+    applies segzoo's per-tensor formatting (``optimize_for_per_tensor``: BN folding, CLE, bias absorption)."""
+    from segzoo.quantization.converter import convert
+    from segzoo.quantization.formatting import optimize_for_per_tensor
+    from segzoo.quantization.quantize import representative
 
-    model = flatbuffer_utils.read_model(str(source))
-    graph = model.subgraphs[0]
-    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
-    interpreter = Interpreter(model_path=str(source), experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
-    for detail in interpreter.get_input_details():
-        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-    interpreter.invoke()
-
-    def constant(index: int) -> bool:
-        data = model.buffers[graph.tensors[index].buffer].data
-        return data is not None and len(data) > 0
-
-    kept = []
-    for op in graph.operators:
-        if codes[op.opcodeIndex] in (fb.BuiltinOperator.DEQUANTIZE, fb.BuiltinOperator.DENSIFY) and all(
-                constant(i) for i in op.inputs):
-            values = interpreter.get_tensor(op.outputs[0]).astype(np.float32)
-            buffer = fb.BufferT()
-            buffer.data = np.frombuffer(values.tobytes(), np.uint8)
-            model.buffers.append(buffer)
-            tensor = graph.tensors[op.outputs[0]]
-            tensor.buffer, tensor.type, tensor.sparsity = len(model.buffers) - 1, fb.TensorType.FLOAT32, None
-        else:
-            kept.append(op)
-    graph.operators = kept
-
-    def tensor_map(index: int):
-        entry = fb.TensorMapT()
-        entry.name, entry.tensorIndex = graph.tensors[index].name, index
-        return entry
-
-    signature = fb.SignatureDefT()
-    signature.signatureKey, signature.subgraphIndex = b"serving_default", 0
-    signature.inputs = [tensor_map(i) for i in graph.inputs]
-    signature.outputs = [tensor_map(i) for i in graph.outputs]
-    model.signatureDefs = [signature]
-    flatbuffer_utils.write_model(model, str(target))
-    return target
-
-
-def standard_ptq(source: Path, batch: np.ndarray, granularity: str, out_dir: Path) -> Path:
-    """ai-edge-quantizer's static int8 (min/max) quantization, weights per tensor or per channel."""
-    from ai_edge_quantizer import qtyping, quantizer
-
-    folded = fold_constant_ops(source, out_dir / f"{source.stem}_folded.tflite")
-    q = quantizer.Quantizer(str(folded))
-    q.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, 8, 8,
-                        getattr(qtyping.QuantGranularity, granularity))
-    target = out_dir / f"{source.stem}_ptq_{granularity.lower()}.tflite"
-    feeds = [{"input_1": x[None]} for x in batch]
-    q.quantize(q.calibrate({"serving_default": feeds})).export_model(str(target), overwrite=True)
-    return target
-
-
-def segzoo_per_tensor(source: Path, batch: np.ndarray, out_dir: Path) -> Path | None:
-    """segzoo's own per-tensor conversion of an imported float .tflite, or None while the importer is missing."""
-    try:
-        from segzoo.quantization.converter import convert
-        from segzoo.quantization.quantize import load_float_model, representative
-
-        model = load_float_model(source)
-    except Exception as exc:  # the importer has not landed: say so and go on
-        print(f"  segzoo per-tensor: not available ({type(exc).__name__}: {str(exc)[:120]})")
-        return None
-    return convert(model, representative(batch), out_dir / f"{source.stem}_segzoo_int8_pt.tflite",
-                   granularity="per_tensor", input_type="float")
+    out = {}
+    for role, model in models.items():
+        if formatted:
+            model, _ = optimize_for_per_tensor(model, batches[role])
+        name = f"{role}_int8_{granularity}{'_formatted' if formatted else ''}.tflite"
+        out[role] = convert(model, representative(batches[role]), out_dir / name, granularity=granularity,
+                            input_type="float")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------- accuracy
@@ -196,7 +133,7 @@ def main() -> int:
     parser.add_argument("--mask-images", type=int, default=20)
     parser.add_argument("--calibration", type=int, default=16)
     parser.add_argument("--num-poses", type=int, default=3)
-    parser.add_argument("--no-ptq", action="store_true", help="latency and the float row only")
+    parser.add_argument("--float-only", action="store_true", help="latency and the float row only")
     parser.add_argument("--out", type=Path, help="keep the quantized models here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -217,33 +154,33 @@ def main() -> int:
     calibration = [s.image for s in person_photos[-args.calibration:]]
     if set(calibration) & {s.image for s in mask_samples}:
         print("  warning: calibration and mask-IoU images overlap; use fewer --mask-images or --calibration")
-    rows = {"float": (detector, landmark)}
+    rows = {"float": {"detector": detector, "landmark": landmark}}
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out or Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if not args.no_ptq:
+        if not args.float_only:
+            from segzoo.quantization.quantize import load_float_model
+
             batches = calibration_inputs(pipeline, calibration)
-            det_feeds, lm_feeds = batches["detector"], batches["landmark"]
-            print(f"\n## Calibration: {len(det_feeds)} detector inputs, {len(lm_feeds)} landmark crops")
-            try:
-                for granularity in ("TENSORWISE", "CHANNELWISE"):
-                    name = "ptq per-tensor" if granularity == "TENSORWISE" else "ptq per-channel"
-                    rows[name] = (standard_ptq(detector, det_feeds, granularity, out_dir),
-                                  standard_ptq(landmark, lm_feeds, granularity, out_dir))
-            except ImportError as exc:
-                print(f"  standard PTQ rows skipped: {exc} (see this file's docstring)")
-            pair = segzoo_per_tensor(detector, det_feeds, out_dir), segzoo_per_tensor(landmark, lm_feeds, out_dir)
-            if all(pair):
-                rows["segzoo per-tensor"] = pair
+            print(f"\n## Calibration: {len(batches['detector'])} detector inputs, {len(batches['landmark'])} "
+                  "landmark crops (COCO train person photos)")
+            models = {"detector": load_float_model(detector), "landmark": load_float_model(landmark)}
+            rows["ptq per-tensor"] = quantize_pair(models, batches, "per_tensor", False, out_dir)
+            rows["ptq per-channel"] = quantize_pair(models, batches, "per_channel", False, out_dir)
+            formatted = quantize_pair(models, batches, "per_tensor", True, out_dir)
+            rows["segzoo per-tensor"] = formatted
+            rows["  int8 detector only"] = {"detector": formatted["detector"], "landmark": landmark}
+            rows["  int8 landmark only"] = {"detector": detector, "landmark": formatted["landmark"]}
         print(f"\n## Accuracy: OKS/AP/PCK on {len(images)} COCO val images ({dataset.num_persons} persons), "
               f"mask IoU on {len(mask_samples)} COCO train person photos")
-        print(f"  {'models':20s} {'mean OKS':>9s} {'AP':>7s} {'PCK@0.2':>8s} {'mask IoU':>9s}  found persons' OKS")
-        for name, (det, lm) in rows.items():
-            r = accuracy(preset, det, lm, dataset, mask_samples, args.threads)
-            print(f"  {name:20s} {r['oks']:9.4f} {r['ap']:7.4f} {r['pck']:8.4f} {r['mask_iou']:9.4f}  {r['found_oks']}")
-            if name != "float":
-                for path in (det, lm):
-                    print(f"      {path.name}: STM32MP257 {stm32mp2(path)}")
+        print(f"  {'models':22s} {'mean OKS':>9s} {'AP':>7s} {'PCK@0.2':>8s} {'mask IoU':>9s}  found persons' OKS")
+        for name, pair in rows.items():
+            r = accuracy(preset, pair["detector"], pair["landmark"], dataset, mask_samples, args.threads)
+            print(f"  {name:22s} {r['oks']:9.4f} {r['ap']:7.4f} {r['pck']:8.4f} {r['mask_iou']:9.4f}  {r['found_oks']}")
+        print("\n## STM32MP257 estimate of the int8 models")
+        for name in ("ptq per-tensor", "ptq per-channel", "segzoo per-tensor"):
+            for role, path in rows.get(name, {}).items():
+                print(f"  {name:18s} {role:9s} {stm32mp2(path)}")
     return 0
 
 
