@@ -39,7 +39,7 @@ def _args(app, mediapipe_dir: Path, config: Path, *extra: str):
 @pytest.fixture
 def bundle(mediapipe_dir, tmp_path) -> Path:
     """A pose bundle of the float models with the preset (up to 3 poses)."""
-    detector, landmark = PRESET.files(mediapipe_dir)
+    detector, landmark = PRESET.paths(mediapipe_dir)
     return build_pose_bundle(PRESET, detector, landmark, tmp_path / "deployment")
 
 
@@ -140,7 +140,7 @@ def test_pose_bundle_contents_launcher_and_checks(bundle, mediapipe_dir, keypoin
     assert "verify: OK" in result.stdout and f"{image.name}: 1 pose(s)" in result.stdout
 
     from segzoo.errors import ConfigError, ModelError
-    detector, landmark = PRESET.files(mediapipe_dir)
+    detector, landmark = PRESET.paths(mediapipe_dir)
     with pytest.raises(ModelError, match="no output of shape"):
         build_pose_bundle(PRESET, landmark, detector, tmp_path / "swapped")
     with pytest.raises(ConfigError, match="unknown role"):

@@ -145,7 +145,7 @@ def test_imported_keras_models_give_the_same_poses(pipeline, person_image, media
     from segzoo.litert.importer import import_tflite
     from segzoo.runtime.keras import KerasNamedRunner
 
-    detector, landmark = (KerasNamedRunner(import_tflite(path)) for path in PRESET.files(mediapipe_dir))
+    detector, landmark = (KerasNamedRunner(import_tflite(path)) for path in PRESET.paths(mediapipe_dir))
     expected, got = pipeline.estimate(person_image), PosePipeline(PRESET, detector, landmark).estimate(person_image)
     assert len(got) == len(expected) == 1
     np.testing.assert_allclose(got.landmarks[..., :2], expected.landmarks[..., :2], atol=0.5)

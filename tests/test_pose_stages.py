@@ -216,4 +216,10 @@ def test_preset_registry_and_options():
     with pytest.raises(ConfigError, match="unknown option"):
         MEDIAPIPE_POSE_FULL.with_options(num_pose=2)
     with pytest.raises(ModelError, match="pose_detection.tflite"):
-        MEDIAPIPE_POSE_FULL.files("/nonexistent")
+        MEDIAPIPE_POSE_FULL.paths("/nonexistent")
+
+
+def test_preset_has_what_the_pipelines_registry_asks(mediapipe_dir):
+    assert MEDIAPIPE_POSE_FULL.task == "pose_estimation"
+    assert MEDIAPIPE_POSE_FULL.files == ("pose_detection.tflite", "pose_landmark_full.tflite")
+    assert [p.name for p in MEDIAPIPE_POSE_FULL.paths(mediapipe_dir)] == list(MEDIAPIPE_POSE_FULL.files)

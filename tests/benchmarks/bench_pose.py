@@ -138,7 +138,7 @@ def main() -> int:
     args = parser.parse_args()
 
     preset = MEDIAPIPE_POSE_FULL.with_options(num_poses=args.num_poses)
-    detector, landmark = preset.files(MODELS)
+    detector, landmark = preset.paths(MODELS)
     pipeline = PosePipeline(preset, LiteRTRunner(detector, args.threads), LiteRTRunner(landmark, args.threads))
     dataset = load_coco_keypoints(KEYPOINTS / "person_keypoints.json", KEYPOINTS / "images")
     images = [read_image(im.path) for im in dataset.images]

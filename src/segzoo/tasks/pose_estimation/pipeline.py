@@ -245,7 +245,7 @@ class PosePipeline:
 
 def load_pose_pipeline(preset: PosePreset, folder: str | Path, num_threads: int | None = None) -> PosePipeline:
     """The preset's two .tflite files in ``folder`` run with LiteRT (float or quantized)."""
-    detector, landmark = preset.files(folder)
+    detector, landmark = preset.paths(folder)
     return PosePipeline(preset, LiteRTRunner(detector, num_threads, name="detector"),
                         LiteRTRunner(landmark, num_threads, name="landmark"))
 

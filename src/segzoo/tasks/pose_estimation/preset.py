@@ -29,7 +29,8 @@ class ModelInput:
 
 @dataclass(frozen=True)
 class PosePreset:
-    """Files, inputs, decoding and thresholds of a detector + landmark-model pose pipeline."""
+    """Files, inputs, decoding and thresholds of a detector + landmark-model pose pipeline (with ``name``,
+    ``task`` and ``files``, what ``segzoo.models.external.PIPELINES`` asks of a preset)."""
 
     name: str
     detector_file: str
@@ -50,6 +51,7 @@ class PosePreset:
     heatmap_kernel: int = 7
     heatmap_min_confidence: float = 0.5
     num_poses: int = 1
+    task: str = "pose_estimation"
 
     def with_options(self, **changes: object) -> PosePreset:
         """A copy with some fields changed (e.g. ``num_poses``); ConfigError for an unknown field or a bad value."""
@@ -64,10 +66,15 @@ class PosePreset:
                 raise ConfigError(f"pose preset {self.name}: {key} must be in [0, 1], got {getattr(preset, key)}")
         return preset
 
-    def files(self, folder: str | Path) -> tuple[Path, Path]:
+    @property
+    def files(self) -> tuple[str, str]:
+        """The file names the pipeline expects in its folder (detector, landmark model)."""
+        return self.detector_file, self.landmark_file
+
+    def paths(self, folder: str | Path) -> tuple[Path, Path]:
         """(detector, landmark model) paths in ``folder``; ModelError naming a missing file."""
         folder = Path(folder)
-        paths = (folder / self.detector_file, folder / self.landmark_file)
+        paths = tuple(folder / name for name in self.files)
         for path in paths:
             if not path.is_file():
                 raise ModelError(f"{path}: model file of the {self.name} pipeline not found "
