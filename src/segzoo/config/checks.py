@@ -57,6 +57,16 @@ def _check_quantization_values(cfg: Config) -> list[str]:
         errors.append("quantization.mixed_precision.max_float_layers: must be at least 1 with auto")
     if mp.validation_images is not None and mp.validation_images < 1:
         errors.append("quantization.mixed_precision.validation_images: must be at least 1")
+    if not 50.0 <= q.activation_percentile <= 100.0:
+        errors.append(f"quantization.activation_percentile: must be in [50, 100], got {q.activation_percentile}")
+    if q.adaround_iterations < 1:
+        errors.append(f"quantization.adaround_iterations: must be at least 1, got {q.adaround_iterations}")
+    if q.qat.epochs < 1:
+        errors.append(f"quantization.qat.epochs: must be at least 1, got {q.qat.epochs}")
+    if q.qat.learning_rate <= 0:
+        errors.append(f"quantization.qat.learning_rate: must be positive, got {q.qat.learning_rate}")
+    if q.qat.steps_per_epoch is not None and q.qat.steps_per_epoch < 1:
+        errors.append("quantization.qat.steps_per_epoch: must be at least 1")
     return errors
 
 

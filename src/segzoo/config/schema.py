@@ -153,11 +153,20 @@ class MixedPrecisionConfig:
 
 
 @dataclass
+class QatConfig:
+    """``quantization.qat``: quantization-aware fine-tuning (``quantization_type: qat``)."""
+
+    epochs: int = 2
+    learning_rate: float = 1e-4
+    steps_per_epoch: int | None = None
+
+
+@dataclass
 class QuantizationConfig:
     """``quantization``: post-training quantization with the TFLite converter."""
 
     quantizer: Literal["tflite_converter"] = "tflite_converter"
-    quantization_type: Literal["ptq"] = "ptq"
+    quantization_type: Literal["ptq", "qat"] = "ptq"
     granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
     quantization_input_type: Literal["uint8", "int8", "float"] = "uint8"
     quantization_output_type: Literal["uint8", "int8", "float"] = "float"
@@ -165,9 +174,16 @@ class QuantizationConfig:
     calibration_data: Literal["dataset", "random"] = "dataset"
     optimize: bool = True
     relu6_equalization: Literal["skip", "clip"] = "skip"
+    dead_channels: Literal["off", "exact", "calibration"] = "calibration"
+    activation_ranges: Literal["minmax", "percentile", "mse"] = "mse"
+    activation_percentile: float = 99.99
+    bias_correction: bool = True
+    adaround: bool = False
+    adaround_iterations: int = 300
     target: Literal["stm32mp2", "generic"] = "stm32mp2"
     export_dir: str = "quantized_models"
     mixed_precision: MixedPrecisionConfig = field(default_factory=MixedPrecisionConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
 
 
 @dataclass

@@ -63,6 +63,7 @@ from segzoo.errors import ModelError
 log = logging.getLogger(__name__)
 
 RELU6_MODES: tuple[str, ...] = ("clip", "skip")
+DEAD_CHANNEL_MODES: tuple[str, ...] = ("off", "exact", "calibration")
 CLE_MAX_ITERATIONS = 30
 CLE_TOLERANCE = 1e-3
 SCALE_LIMITS = (1e-3, 1e3)
@@ -516,15 +517,14 @@ def rebuild(graph: _Graph, calls: dict[str, Any]) -> keras.Model:
 
 
 # ------------------------------------------------------------------------------------------ bias absorb
-def _pre_activation_floor(graph: _Graph, calls: dict[str, Any], names: list[str],
-                          calibration: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Per-channel shift each named producer's output can safely lose: ``min - ABSORB_MARGIN * (mean - min)``.
-
-    ``min`` and ``mean`` are over all calibration pixels, computed on the current IR's model.
-    """
+def channel_statistics(graph: _Graph, calls: dict[str, Any], names: list[str], calibration: np.ndarray,
+                       batch_size: int = 8) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Per-channel ``(min, max, mean, count)`` of each named layer's output over all calibration pixels (current
+    IR's model; ``count``: values per channel)."""
     model = rebuild(graph, calls)
     probe = keras.Model(model.inputs[0], [model.get_layer(n).output for n in names])
     minima: dict[str, np.ndarray] = {}
+    maxima: dict[str, np.ndarray] = {}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for start in range(0, len(calibration), batch_size):
@@ -533,9 +533,20 @@ def _pre_activation_floor(graph: _Graph, calls: dict[str, Any], names: list[str]
         for name, out in zip(names, outs):
             flat = np.asarray(out, np.float64).reshape(-1, np.shape(out)[-1])
             minima[name] = np.minimum(minima.get(name, np.inf), flat.min(axis=0))
+            maxima[name] = np.maximum(maxima.get(name, -np.inf), flat.max(axis=0))
             sums[name] = sums.get(name, 0.0) + flat.sum(axis=0)
             counts[name] = counts.get(name, 0) + flat.shape[0]
-    return {name: minima[name] - ABSORB_MARGIN * (sums[name] / counts[name] - minima[name]) for name in names}
+    return {name: (minima[name], maxima[name], sums[name] / counts[name], counts[name]) for name in names}
+
+
+def _pre_activation_floor(graph: _Graph, calls: dict[str, Any], names: list[str],
+                          calibration: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel shift each named producer's output can safely lose: ``min - ABSORB_MARGIN * (mean - min)``.
+
+    ``min`` and ``mean`` are over all calibration pixels, computed on the current IR's model.
+    """
+    stats = channel_statistics(graph, calls, names, calibration)
+    return {name: low - ABSORB_MARGIN * (mean - low) for name, (low, _, mean, _) in stats.items()}
 
 
 def _consumer_bias_delta(node: _Node, offset: int, shift: np.ndarray) -> np.ndarray:
@@ -591,20 +602,32 @@ def _validate_calibration(calibration: np.ndarray | None, model: keras.Model) ->
 
 
 def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None = None, *,
-                            relu6: str = "clip") -> tuple[keras.Model, dict]:
+                            relu6: str = "clip", dead_channels: str = "calibration") -> tuple[keras.Model, dict]:
     """A functionally equivalent model whose weights quantize well per-tensor, and a report of what was done.
 
-    Steps (module docstring): BatchNorm folding, cross-layer equalization (``relu6``: ``"clip"`` or ``"skip"``),
+    Steps (module docstring): BatchNorm folding, constant-channel folding (``dead_channels``: ``"off"``,
+    ``"exact"`` weight-dead channels only, ``"calibration"`` also channels dead on the calibration images; see
+    :mod:`segzoo.quantization.dead_channels`), cross-layer equalization (``relu6``: ``"clip"`` or ``"skip"``),
     bias absorption when ``calibration`` (preprocessed float32 ``[N,H,W,C]``) is given. The input model is not
     modified. Report keys: ``bn_folded``, ``bn_left``, ``cle_groups``, ``cle_pairs``, ``cle_sweeps``,
     ``channel_relus`` (ReLU6 layers replaced by :class:`ChannelReLU`), ``biases_absorbed`` (channels),
-    ``relu6``, ``exact`` (False once biases were absorbed: exact on the calibration images only), ``notes``.
+    ``dead_channels`` (weight-dead / calibration-dead channels folded, per layer), ``relu6``, ``exact`` (False
+    once biases were absorbed or calibration-dead channels folded: exact on the calibration images only),
+    ``notes``.
     """
+    from segzoo.quantization.dead_channels import fold_dead_channels
+
     if relu6 not in RELU6_MODES:
         raise ModelError(f"relu6={relu6!r} is not supported; choose one of {', '.join(RELU6_MODES)}.")
+    if dead_channels not in DEAD_CHANNEL_MODES:
+        raise ModelError(f"dead_channels={dead_channels!r} is not supported; choose one of "
+                         f"{', '.join(DEAD_CHANNEL_MODES)}.")
     calibration = _validate_calibration(calibration, model)
     graph, calls = _read_graph(model)
     folded, left = fold_batch_norms(graph)
+    dead = None
+    if dead_channels != "off":
+        dead = fold_dead_channels(graph, calls, calibration if dead_channels == "calibration" else None).as_dict()
     groups = find_groups(graph, relu6)
     sweeps = equalize(graph, groups) if groups else 0
     absorbed = absorb_biases(graph, calls, groups, calibration) if calibration is not None else 0
@@ -617,8 +640,9 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
         "cle_sweeps": sweeps,
         "channel_relus": sum(1 for n in graph.live() if n.caps is not None and n.kind != "ChannelReLU"),
         "biases_absorbed": absorbed,
+        "dead_channels": dead,
         "relu6": relu6,
-        "exact": absorbed == 0,
+        "exact": absorbed == 0 and not (dead or {}).get("calibration_dead"),
         "notes": ("activation ranges are the converter's min/max over the calibration set (no clipping); "
                   + ("bias absorption from calibration statistics (min - margin * (mean - min)): exact on the "
                      "calibration images, statistically exact elsewhere" if calibration is not None

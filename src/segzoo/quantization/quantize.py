@@ -41,6 +41,7 @@ class QuantizationResult:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stm32mp2: dict | None = None
+    refinements: dict = field(default_factory=dict)
 
 
 def representative(batch: np.ndarray, limit: int | None = None) -> Callable[[], Iterator[np.ndarray]]:
@@ -101,9 +102,11 @@ def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibrati
         warnings.append(PER_CHANNEL_WARNING)
     formatting = None
     if q.optimize:
-        model, formatting = optimize_for_per_tensor(model, batch[:LAYER_ERROR_IMAGES], relu6=q.relu6_equalization)
+        model, formatting = optimize_for_per_tensor(model, batch[:LAYER_ERROR_IMAGES], relu6=q.relu6_equalization,
+                                                     dead_channels=q.dead_channels)
         logger.info("Formatting for per-tensor quantization: %s", formatting)
     calibrated = converter.calibrate(model, representative(batch))
+    calibrated, refinements = refine_calibrated(cfg, calibrated, batch)
     errors = mixed.layer_errors(model, representative(batch, LAYER_ERROR_IMAGES), granularity=q.granularity,
                                calibrated=calibrated)
     float_layers, trace = list(q.mixed_precision.float_layers), []
@@ -117,9 +120,38 @@ def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibrati
     return QuantizationResult(path=out_path, float_model=float_model, granularity=q.granularity,
                               input_type=q.quantization_input_type, output_type=q.quantization_output_type,
                               float_layers=float_layers, calibration=calibration_info, formatting=formatting,
+                              refinements=refinements,
                               layer_errors=errors, inspection=inspect_tflite(out_path),
                               mixed_precision_trace=trace, warnings=warnings, seconds=time.perf_counter() - start,
                               stm32mp2=placement)
+
+
+def refine_calibrated(cfg: Config, calibrated: bytes, batch: np.ndarray) -> tuple[bytes, dict]:
+    """The post-training steps on the calibrated model, in order: activation ranges, AdaRound, bias correction.
+
+    Each one edits the calibrated float flatbuffer (ranges, weights on their grid, float biases) before the
+    quantizer turns it into int8; the report has one entry per step that ran, with its ``seconds``.
+    """
+    from segzoo.quantization import bias_correction, ranges
+
+    q, report = cfg.quantization, {}
+    steps: list[tuple[str, Callable[[bytes], tuple[bytes, dict]]]] = []
+    if q.activation_ranges != "minmax":
+        steps.append(("activation_ranges", lambda c: ranges.select_ranges(c, batch, q.activation_ranges,
+                                                                          q.activation_percentile)))
+    if q.adaround:
+        from segzoo.quantization import adaround
+
+        steps.append(("adaround", lambda c: adaround.adaround(c, batch, iterations=q.adaround_iterations,
+                                                              granularity=q.granularity)))
+    if q.bias_correction:
+        steps.append(("bias_correction", lambda c: bias_correction.correct_biases(c, batch, q.granularity)))
+    for name, step in steps:
+        start = time.perf_counter()
+        calibrated, report[name] = step(calibrated)
+        report[name]["seconds"] = round(time.perf_counter() - start, 2)
+        logger.info("Post-training step %s: %.1f s", name, report[name]["seconds"])
+    return calibrated, report
 
 
 def stm32mp2_placement(path: Path) -> dict:

@@ -31,6 +31,7 @@ def build_report(result: QuantizationResult, accuracy: dict) -> dict:
         "op_histogram": inspection["op_histogram"],
         "worst_layers": result.layer_errors[:WORST_LAYERS],
         "formatting": result.formatting,
+        "refinements": result.refinements,
         "calibration": result.calibration,
         "mixed_precision_trace": result.mixed_precision_trace,
         "warnings": result.warnings,
