@@ -242,3 +242,32 @@ def test_bias_correction_reduces_the_mean_output_error_on_held_out_images(v1_cal
     biases = {a.tensor_name(op.inputs[2]) for op in a.ops if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D")}
     assert moved and set(moved) <= biases
     assert all(a.min_max(i) == b.min_max(i) for i in range(len(a.graph.tensors)))
+
+
+# ---------------------------------------------------------------------------------------------- AdaRound
+def test_adaround_levels_survive_conversion_bit_exact_and_lower_the_error(v1_calibrated) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from segzoo.quantization.adaround import adaround
+    from segzoo.quantization.flatbuffer import FlatModel
+
+    model, calibrated, calib = v1_calibrated
+    rounded, report = adaround(calibrated, calib[:4], iterations=60)
+    assert report["layers"] > 20 and 0.0 < report["flipped"] < 0.5 and report["recon_gain"] < 1.0
+    flat = FlatModel(rounded)
+    quantized = int8_io(rounded)
+    interpreter = Interpreter(model_content=quantized)
+    tensors = {t["name"]: t for t in interpreter.get_tensor_details()}
+    checked = 0
+    for op in flat.ops:
+        if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            continue
+        snapped = flat.array(op.inputs[1])
+        scale = np.abs(snapped).max() / 127
+        levels = np.round(snapped / scale).astype(np.int64)
+        assert np.abs(snapped / scale - levels).max() < 1e-3 and np.abs(levels).max() == 127  # on its grid
+        detail = tensors[flat.tensor_name(op.inputs[1])]
+        assert detail["dtype"] == np.int8 and detail["quantization_parameters"]["scales"][0] == pytest.approx(scale)
+        np.testing.assert_array_equal(interpreter.get_tensor(detail["index"]).astype(np.int64), levels)
+        checked += 1
+    assert checked == report["layers"]
