@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from segzoo.config.schema import Config
-from segzoo.errors import ModelError
+from segzoo.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +82,19 @@ def output_name(float_model: Path, granularity: str, mixed: bool) -> str:
     return f"{float_model.stem}_int8_{granularity}{'_mixed' if mixed else ''}.tflite"
 
 
+FineTuning = Callable[[tuple[int, int]], tuple[Any, Any, int]]
+"""``input_hw -> (training batches, loss, steps per epoch)``: the task's data for quantization-aware fine-tuning."""
+
 Calibration = Callable[[tuple[int, int], int], tuple[np.ndarray, dict, list[str]]]
 """``(input_hw, channels) -> (preprocessed inputs [N,H,W,C], description, warnings)``: the task's calibration data."""
 
 
 def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibration: Calibration,
-                     metric_of: Callable[[Path], float]) -> QuantizationResult:
+                     metric_of: Callable[[Path], float],
+                     fine_tuning: FineTuning | None = None) -> QuantizationResult:
     """Quantize ``float_model`` as configured, calibrating on ``calibration``'s inputs. ``metric_of(path)`` gives
-    the task's validation metric of a model file (used only by automatic mixed precision)."""
+    the task's validation metric of a model file (used only by automatic mixed precision); ``fine_tuning`` the
+    task's training data (``quantization_type: qat`` only)."""
     from segzoo.quantization import converter, mixed
     from segzoo.quantization.formatting import optimize_for_per_tensor
     from segzoo.litert.inspect import inspect_tflite
@@ -105,8 +111,17 @@ def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibrati
         model, formatting = optimize_for_per_tensor(model, batch[:LAYER_ERROR_IMAGES], relu6=q.relu6_equalization,
                                                      dead_channels=q.dead_channels)
         logger.info("Formatting for per-tensor quantization: %s", formatting)
+    learned = None
+    if q.quantization_type == "qat":
+        model, learned, qat_report = quantization_aware_fine_tuning(cfg, model, batch, fine_tuning)
     calibrated = converter.calibrate(model, representative(batch))
-    calibrated, refinements = refine_calibrated(cfg, calibrated, batch)
+    if learned is None:
+        calibrated, refinements = refine_calibrated(cfg, calibrated, batch)
+    else:
+        from segzoo.quantization.qat import apply_ranges
+
+        calibrated, qat_report["ranges"] = apply_ranges(calibrated, learned)
+        refinements = {"qat": qat_report}
     errors = mixed.layer_errors(model, representative(batch, LAYER_ERROR_IMAGES), granularity=q.granularity,
                                calibrated=calibrated)
     float_layers, trace = list(q.mixed_precision.float_layers), []
@@ -124,6 +139,29 @@ def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibrati
                               layer_errors=errors, inspection=inspect_tflite(out_path),
                               mixed_precision_trace=trace, warnings=warnings, seconds=time.perf_counter() - start,
                               stm32mp2=placement)
+
+
+def quantization_aware_fine_tuning(cfg: Config, model: Any, batch: np.ndarray,
+                                   fine_tuning: FineTuning | None) -> tuple[Any, dict, dict]:
+    """Fine-tune a per-tensor fake-quantized clone (``segzoo.quantization.qat``); the plain model with the tuned
+    weights, the learned activation ranges (Keras layer -> (min, max)) and a report."""
+    from segzoo.quantization import qat
+
+    q = cfg.quantization
+    if fine_tuning is None:
+        raise ConfigError("quantization.quantization_type: qat needs the task's training data; this task has none")
+    start = time.perf_counter()
+    dataset, loss, steps = fine_tuning(tuple(model.input_shape[1:3]))
+    clone = qat.fake_quant_model(model)
+    qat.initialise_ranges(clone, batch)
+    losses = qat.fine_tune(clone, dataset, epochs=q.qat.epochs, learning_rate=q.qat.learning_rate, loss=loss,
+                           steps_per_epoch=steps)
+    qat.plain_weights(clone, model)
+    report = {"epochs": q.qat.epochs, "learning_rate": q.qat.learning_rate, "steps_per_epoch": steps,
+              "loss_per_epoch": losses, "seconds": round(time.perf_counter() - start, 2)}
+    logger.info("Quantization-aware fine-tuning: %d epochs of %d steps in %.0f s, loss %s", q.qat.epochs, steps,
+                report["seconds"], ", ".join(f"{v:.4f}" for v in losses))
+    return model, qat.learned_ranges(clone), report
 
 
 def refine_calibrated(cfg: Config, calibrated: bytes, batch: np.ndarray) -> tuple[bytes, dict]:

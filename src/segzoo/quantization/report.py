@@ -57,6 +57,7 @@ def to_markdown(report: dict) -> str:
         f"- Calibration: {report['calibration'].get('images')} images from the {report['calibration'].get('source')}",
         f"- Float layers: {', '.join(report['float_layers']) or 'none'}",
         f"- Formatting: {_formatting(report['formatting'])}",
+        *_refinement_lines(report.get("refinements") or {}),
         "",
         "| model | file | size (KiB) | mIoU (%) | pixel accuracy (%) |",
         "|---|---|---:|---:|---:|",
@@ -106,9 +107,42 @@ def _layer_name(row: dict) -> str:
 def _formatting(formatting: dict | None) -> str:
     if not formatting:
         return "off (quantization.optimize: false)"
-    return (f"{formatting.get('bn_folded', 0)} batch norms folded, {formatting.get('cle_pairs', 0)} layer pairs "
-            f"equalized in {formatting.get('cle_sweeps', 0)} sweeps, {formatting.get('channel_relus', 0)} ReLU6 "
-            f"turned into per-channel caps, {formatting.get('biases_absorbed', 0)} bias channels absorbed")
+    dead = formatting.get("dead_channels")
+    dead_text = ("constant channels not folded (quantization.dead_channels: off)" if not dead else
+                 f"{dead['weight_dead']} constant channels (zero weights) folded exactly, "
+                 f"{dead['calibration_dead']} channels dead on the calibration images folded, {dead['left']} left "
+                 f"(a non-zero constant would meet zero padding)")
+    exact = ("the float model is unchanged for every input" if formatting.get("exact", True) else
+             "the float model is unchanged on the calibration images, statistically elsewhere")
+    return (f"{formatting.get('bn_folded', 0)} batch norms folded, {dead_text}, {formatting.get('cle_pairs', 0)} "
+            f"layer pairs equalized in {formatting.get('cle_sweeps', 0)} sweeps, "
+            f"{formatting.get('channel_relus', 0)} ReLU6 turned into per-channel caps, "
+            f"{formatting.get('biases_absorbed', 0)} bias channels absorbed; {exact}")
+
+
+def _refinement_lines(refinements: dict) -> list[str]:
+    """One line per post-training step that ran (they change the int8 model only, never the float one)."""
+    lines = []
+    if "activation_ranges" in refinements:
+        r = refinements["activation_ranges"]
+        lines.append(f"- Activation ranges ({r['method']}): {r['changed']} of {r['tensors']} activation tensors "
+                     f"narrowed from the calibration min/max ({r['seconds']:.1f} s)")
+    if "adaround" in refinements:
+        r = refinements["adaround"]
+        lines.append(f"- AdaRound: {r['layers']} weight tensors, {100 * r['flipped']:.1f}% of the weights rounded "
+                     f"away from nearest, layer reconstruction error x{r['recon_gain'] or 1:.2f} of nearest "
+                     f"rounding, {r['iterations']} iterations ({r['seconds']:.1f} s)")
+    if "bias_correction" in refinements:
+        r = refinements["bias_correction"]
+        shift = r["mean_abs_shift"][-1] if r["mean_abs_shift"] else 0.0
+        lines.append(f"- Bias correction: float biases of {r['ops']} int8 layers moved by {shift:.2f} output steps "
+                     f"on average ({r['images']} images, {r['rounds']} rounds, {r['seconds']:.1f} s)")
+    if "qat" in refinements:
+        r = refinements["qat"]
+        lines.append(f"- Quantization-aware fine-tuning: {r['epochs']} epochs x {r['steps_per_epoch']} steps at "
+                     f"learning rate {r['learning_rate']:g}, {r.get('ranges', {}).get('tensors', 0)} learned "
+                     f"activation ranges kept ({r['seconds']:.0f} s)")
+    return lines
 
 
 def write_quantization_report(run_dir: Path, report: dict) -> dict[str, Path]:

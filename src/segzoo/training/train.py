@@ -163,6 +163,21 @@ def _datasets(cfg: Config, spec: DataSpec, train: list[Sample], val: list[Sample
     return train_ds, val_ds
 
 
+def fine_tuning_data(cfg: Config, spec: DataSpec, input_hw: tuple[int, int]) -> tuple[object, keras.losses.Loss, int]:
+    """Training batches ``(image, labels)`` (augmented as configured, repeated), the cross-entropy loss (class
+    weights as configured) and the steps per epoch: what quantization-aware fine-tuning of an exported model
+    trains on."""
+    train, _ = _checked_samples(spec)
+    augmentations = validate_augmentations(cfg.data_augmentation or {}, "data_augmentation")
+    augment = build_augmenter(augmentations, spec.ignore_index, seed=spec.seed) if augmentations else None
+    tr = cfg.training
+    dataset = make_dataset(train, spec.mapper, input_hw, spec.pp, tr.batch_size, shuffle=True, augment=augment,
+                           seed=spec.seed, cache=tr.cache_dataset, drop_remainder=len(train) > tr.batch_size)
+    loss = IgnoreAwareCrossEntropy(spec.num_classes, spec.ignore_index, class_weights_for(cfg, spec, train))
+    steps = cfg.quantization.qat.steps_per_epoch or max(1, len(train) // tr.batch_size)
+    return dataset.repeat(), loss, steps
+
+
 def _checked_samples(spec: DataSpec) -> tuple[list[Sample], list[Sample]]:
     train, val = training_and_validation(spec)
     on_bad = spec.dataset.on_bad_sample

@@ -139,7 +139,13 @@ class SemanticSegmentation:
         from segzoo.quantization.quantize import run_quantization
 
         return run_quantization(self.ctx.cfg, model, self.ctx.run_dir, calibration=self.calibration,
-                                metric_of=self.validation_metric)
+                                metric_of=self.validation_metric, fine_tuning=self.fine_tuning_data)
+
+    def fine_tuning_data(self, input_hw: tuple[int, int]) -> tuple[Any, Any, int]:
+        """(training batches, loss, steps per epoch) for quantization-aware fine-tuning."""
+        from segzoo.training.train import fine_tuning_data
+
+        return fine_tuning_data(self.ctx.cfg, self.spec, input_hw)
 
     # ---------------------------------------------------------------------------------------- benchmarking
     def benchmark_files(self, model: Path) -> list[tuple[Path, str]]:
