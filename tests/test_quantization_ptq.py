@@ -244,6 +244,7 @@ def test_bias_correction_reduces_the_mean_output_error_on_held_out_images(v1_cal
 
 
 # ---------------------------------------------------------------------------------------------- AdaRound
+@pytest.mark.slow
 def test_adaround_levels_survive_conversion_bit_exact_and_lower_the_error(v1_calibrated) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -273,6 +274,7 @@ def test_adaround_levels_survive_conversion_bit_exact_and_lower_the_error(v1_cal
 
 
 # ------------------------------------------------------------------------------------------------- QAT
+@pytest.mark.slow
 def test_qat_trains_a_few_steps_and_converts_with_its_learned_ranges() -> None:
     import tensorflow as tf
 
@@ -289,8 +291,10 @@ def test_qat_trains_a_few_steps_and_converts_with_its_learned_ranges() -> None:
     clone = qat.fake_quant_model(model)
     fq = [layer for layer in clone.layers if isinstance(layer, qat.ActivationFakeQuant)]
     assert len(fq) > 20 and not any(isinstance(layer, qat.ActivationFakeQuant) for layer in model.layers)
-    qat.initialise_ranges(clone, images)
+    qat.initialise_ranges(clone, model, images)
     start = qat.learned_ranges(clone)
+    reference = np.asarray(model(images))
+    assert np.abs(np.asarray(clone(images)) - reference).mean() < 0.1 * np.abs(reference).mean()  # int8-like
     before = [w.copy() for w in clone.get_layer("logits").get_weights()]
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4).repeat()
     losses = qat.fine_tune(clone, dataset, epochs=2, learning_rate=1e-3, loss=IgnoreAwareCrossEntropy(5),
@@ -357,3 +361,32 @@ def test_default_steps_hold_per_tensor_on_an_imagenet_backbone(tmp_path) -> None
     new_error = error(int8_io(calibrated))
     print(f"int8 per-tensor logit error on held-out CamVid: old defaults {old_error:.3f}, new {new_error:.3f}")
     assert new_error < 0.5 * old_error
+
+
+# ------------------------------------------------------------------------------------------- config keys
+def test_post_training_keys_have_defaults_and_checked_values() -> None:
+    import yaml
+
+    from conftest import REPO
+    from segzoo.config import load_config
+    from segzoo.errors import ConfigError
+
+    data = yaml.safe_load((REPO / "user_config.yaml").read_text())
+    q = load_config(data).quantization
+    assert (q.dead_channels, q.activation_ranges, q.bias_correction, q.adaround, q.quantization_type) == \
+        ("calibration", "mse", True, False, "ptq")
+    data["quantization"] = {"activation_ranges": "kl", "activation_percentile": 20, "adaround_iterations": 0,
+                            "dead_channels": "maybe", "qat": {"epochs": 0, "learning_rate": -1}}
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    message = str(info.value)
+    for key in ("quantization.activation_ranges", "quantization.dead_channels"):
+        assert key in message
+    data["quantization"] = {"activation_percentile": 20, "adaround_iterations": 0,
+                            "qat": {"epochs": 0, "learning_rate": -1}}
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    message = str(info.value)
+    for key in ("quantization.activation_percentile", "quantization.adaround_iterations", "quantization.qat.epochs",
+                "quantization.qat.learning_rate"):
+        assert key in message

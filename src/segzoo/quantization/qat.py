@@ -151,10 +151,11 @@ def fake_quant_model(model: keras.Model) -> keras.Model:
     return qat
 
 
-def initialise_ranges(qat: keras.Model, images: np.ndarray, batch_size: int = 8) -> None:
-    """Start every activation range at the min/max of its tensor over ``images`` (float forward pass)."""
+def initialise_ranges(qat: keras.Model, model: keras.Model, images: np.ndarray, batch_size: int = 8) -> None:
+    """Start every activation range at the min/max of its tensor over ``images`` in the float ``model`` (the
+    clone's own upstream fake quantization has no range yet)."""
     fq = [layer for layer in qat.layers if isinstance(layer, ActivationFakeQuant)]
-    probe = keras.Model(qat.inputs, [qat.get_layer(layer.source).output for layer in fq])
+    probe = keras.Model(model.inputs, [model.get_layer(layer.source).output for layer in fq])
     lows = np.full(len(fq), np.inf)
     highs = np.full(len(fq), -np.inf)
     for start in range(0, len(images), batch_size):
@@ -218,6 +219,6 @@ def tensor_groups_written(flat: FlatModel, group: list[int], ranges: dict[str, t
 def fine_tune(qat: keras.Model, dataset: Any, *, epochs: int, learning_rate: float, loss: Any,
               steps_per_epoch: int | None = None) -> list[float]:
     """Fine-tune the QAT clone with Adam; the loss per epoch."""
-    qat.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    qat.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, jit_compile=False)  # XLA: minutes
     history = qat.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=2)
     return [float(v) for v in history.history.get("loss", [])]

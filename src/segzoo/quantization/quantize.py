@@ -153,7 +153,7 @@ def quantization_aware_fine_tuning(cfg: Config, model: Any, batch: np.ndarray,
     start = time.perf_counter()
     dataset, loss, steps = fine_tuning(tuple(model.input_shape[1:3]))
     clone = qat.fake_quant_model(model)
-    qat.initialise_ranges(clone, batch)
+    qat.initialise_ranges(clone, model, batch)
     losses = qat.fine_tune(clone, dataset, epochs=q.qat.epochs, learning_rate=q.qat.learning_rate, loss=loss,
                            steps_per_epoch=steps)
     qat.plain_weights(clone, model)
