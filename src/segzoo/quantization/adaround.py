@@ -18,7 +18,10 @@ convolution (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) of the calibrated mode
 The converter must keep this rounding: each weight tensor is **snapped onto its own grid** (``w' = s * k`` with
 integers ``k`` in [-127, 127] and ``max |k| = 127``), so that the quantizer derives the same scale
 ``max|w'| / 127 = s`` and its own rounding ``round(w' / s)`` gives back exactly ``k`` (tested on the int8 weights
-in the file). Biases are left to bias correction, which runs after this step.
+in the file). The mean output shift of the new weights on the sampled inputs (``mean patch . (w~ - w)`` per
+output channel) is taken out of the float bias at once: the calibrated model now holds the snapped weights, so the
+bias correction that runs after this step (and the report's per-layer errors) compare against them, not against
+the original weights.
 """
 
 from __future__ import annotations
@@ -190,8 +193,13 @@ def adaround(calibrated: bytes, images: np.ndarray, iterations: int = 300,
         if scale <= 0:
             continue
         with blas:
-            levels, gain = _round_layer(flat, op, weights, scale, inputs[name], iterations, rng)
-        flat.set_array(op.inputs[1], snap(weights, levels, scale))
+            levels, gain, shift = _round_layer(flat, op, weights, scale, inputs[name], iterations, rng)
+        snapped = snap(weights, levels, scale)
+        flat.set_array(op.inputs[1], snapped)
+        if len(op.inputs) > 2 and op.inputs[2] >= 0 and flat.is_constant(op.inputs[2]):
+            bias = flat.array(op.inputs[2])
+            if bias.shape == shift.shape:  # the new weights' mean output shift goes out of the bias
+                flat.set_array(op.inputs[2], bias - shift)
         nearest = np.clip(np.round(weights / scale), -127, 127)
         flipped += int(np.count_nonzero(levels.reshape(weights.shape) != nearest))
         total += weights.size
@@ -205,14 +213,15 @@ def adaround(calibrated: bytes, images: np.ndarray, iterations: int = 300,
 
 
 def _round_layer(flat: FlatModel, op: Any, weights: np.ndarray, scale: float, inputs: list[np.ndarray],
-                 iterations: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """AdaRound levels of one op's weights (in the weights' own layout) and the reconstruction error ratio."""
+                 iterations: int, rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray]:
+    """AdaRound levels of one op's weights (in the weights' own layout), the reconstruction error ratio and the
+    mean output shift the new weights cause on the sampled inputs (per output channel)."""
     if op.name == "FULLY_CONNECTED":
         x = np.concatenate([i.reshape(-1, weights.shape[1]) for i in inputs]).astype(np.float64)
         w = weights.T  # [K, O]
         gram = x.T @ x
         levels = optimise_levels(w, gram, scale, iterations, x if 2 * len(x) < x.shape[1] else None)
-        return levels.T, _gain(w, levels, gram, scale)
+        return levels.T, _gain(w, levels, gram, scale), x.mean(axis=0) @ (scale * levels - w)
     stride, dilation, same = _geometry(flat, op.index)
     kh, kw = weights.shape[1], weights.shape[2]
     patches = np.concatenate([_patches(i, (kh, kw), stride, dilation, same, ADAROUND_POSITIONS, rng)
@@ -224,12 +233,13 @@ def _round_layer(flat: FlatModel, op: Any, weights: np.ndarray, scale: float, in
         gram = np.einsum("pkc,plc->ckl", x, x)  # one [K, K] per channel
         w = weights.reshape(kh * kw, channels).T[:, :, None]  # [C, K, 1]
         levels = optimise_levels(w, gram, scale, iterations)
-        return levels[:, :, 0].T.reshape(weights.shape), _gain(w, levels, gram, scale)
+        shift = np.einsum("ck,kc->c", (scale * levels - w)[:, :, 0], x.mean(axis=0))
+        return levels[:, :, 0].T.reshape(weights.shape), _gain(w, levels, gram, scale), shift
     x = patches.reshape(len(patches), -1)
     gram = x.T @ x
     w = weights.reshape(weights.shape[0], -1).T  # [K, O]
     levels = optimise_levels(w, gram, scale, iterations, x if 2 * len(x) < x.shape[1] else None)
-    return levels.T.reshape(weights.shape), _gain(w, levels, gram, scale)
+    return levels.T.reshape(weights.shape), _gain(w, levels, gram, scale), x.mean(axis=0) @ (scale * levels - w)
 
 
 def _gain(w: np.ndarray, levels: np.ndarray, gram: np.ndarray, scale: float) -> float:

@@ -177,7 +177,10 @@ def refine_calibrated(cfg: Config, calibrated: bytes, batch: np.ndarray) -> tupl
     if q.activation_ranges != "minmax":
         steps.append(("activation_ranges", lambda c: ranges.select_ranges(c, batch, q.activation_ranges,
                                                                           q.activation_percentile)))
-    if q.adaround:
+    if q.adaround and q.granularity != "per_tensor":
+        logger.warning("quantization.adaround: skipped, it rounds onto one grid per tensor (granularity: %s)",
+                       q.granularity)
+    elif q.adaround:
         from segzoo.quantization import adaround
 
         steps.append(("adaround", lambda c: adaround.adaround(c, batch, iterations=q.adaround_iterations,
