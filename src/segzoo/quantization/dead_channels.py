@@ -168,7 +168,8 @@ def _silence(producer: fmt._Node, channels: np.ndarray) -> None:
 
 
 def _handle_producer(graph: fmt._Graph, consumers: dict[str, list[str]], node: fmt._Node,
-                     stats: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]] | None, report: DeadChannelReport) -> None:
+                     stats: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]] | None,
+                     report: DeadChannelReport) -> None:
     exact = _weight_dead(node)
     calib = np.zeros_like(exact)
     if stats is not None and node.name in stats and stats[node.name][3] >= MIN_DEAD_SAMPLES:

@@ -58,8 +58,9 @@ class FlatModel:
             builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
             options = op.builtinOptions
             fused = int(getattr(options, "fusedActivationFunction", 0) or 0) if options is not None else 0
-            self.ops.append(Op(i, names.get(builtin, str(builtin)), [int(t) for t in (op.inputs if op.inputs is not None else [])],
-                               [int(t) for t in (op.outputs if op.outputs is not None else [])], fused))
+            inputs = [int(t) for t in (op.inputs if op.inputs is not None else [])]
+            outputs = [int(t) for t in (op.outputs if op.outputs is not None else [])]
+            self.ops.append(Op(i, names.get(builtin, str(builtin)), inputs, outputs, fused))
 
     # ----------------------------------------------------------------------------------------- tensors
     def tensor_name(self, index: int) -> str:
