@@ -4,6 +4,7 @@ Run by hand (not collected by pytest)::
 
     python tests/benchmarks/bench_pretrained_per_tensor.py camvid MODEL.keras [MODEL.keras ...]
     python tests/benchmarks/bench_pretrained_per_tensor.py deeplab257 [--bootstrap 1000]
+    python tests/benchmarks/bench_pretrained_per_tensor.py timing
 
 ``camvid``: float models fine-tuned on CamVid (``config_file_examples/chain_tqe_camvid_imagenet.yaml``) quantized
 per-tensor with each post-training step added in turn (the old defaults first, the new defaults last); per row the
@@ -16,6 +17,10 @@ ids in ``coco128_calibration.txt`` are never evaluated) and on the 14 VOC sample
 file with a paired bootstrap 95% interval over images, and the number of images per class. segzoo's own
 per-tensor quantization of the float file is added when the float-TFLite importer is available
 (``segzoo.litert`` import), calibrated on the calibration ids.
+
+``timing``: the default per-tensor steps on a stand-in of the 257 model until the importer lands (DeepLabV3
+MobileNetV2 alpha 0.5, output stride 8, no ASPP, 21 classes, 256x256: the registry needs a multiple of the stride),
+with 100 real COCO calibration images; wall time of each step (target: 2 minutes in all on 2 cores).
 """
 
 from __future__ import annotations
@@ -182,6 +187,43 @@ def bench_deeplab257(rounds: int) -> None:
             print("\nImages per class: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts) if c))
 
 
+def bench_timing() -> None:
+    import cv2
+    import keras
+
+    from segzoo.models.registry import build_model
+    from segzoo.quantization import bias_correction, converter, mixed, ranges
+    from segzoo.quantization.formatting import optimize_for_per_tensor
+
+    files = sorted((COCO / "images" / "train2017").glob("*.jpg"))[:100]
+    images = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), (256, 256)) for f in files])
+    x = images.astype(np.float32) / 127.5 - 1
+    keras.utils.set_random_seed(0)
+    model = build_model("deeplab_v3", input_shape=(256, 256, 3), num_classes=21, alpha=0.5, aspp="none",
+                        output_stride=8)
+    times = {}
+    start = time.perf_counter()
+    formatted, _ = optimize_for_per_tensor(model, x[:16], relu6="skip")
+    times["formatting"] = time.perf_counter() - start
+    start = time.perf_counter()
+    calibrated = converter.calibrate(formatted, lambda: (x[i:i + 1] for i in range(len(x))))
+    times[f"calibration ({len(x)} images)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    calibrated, _ = ranges.select_ranges(calibrated, x, "mse")
+    times["MSE ranges"] = time.perf_counter() - start
+    start = time.perf_counter()
+    calibrated, _ = bias_correction.correct_biases(calibrated, x)
+    times["bias correction"] = time.perf_counter() - start
+    start = time.perf_counter()
+    mixed.layer_errors(formatted, lambda: (x[i:i + 1] for i in range(16)), calibrated=calibrated)
+    times["per-layer errors (report)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    converter.quantize_calibrated(calibrated)
+    times["int8 conversion"] = time.perf_counter() - start
+    print(" | ".join(f"{name} {seconds:.1f} s" for name, seconds in times.items())
+          + f" | total {sum(times.values()):.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -189,9 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     camvid.add_argument("models", nargs="+", type=Path)
     deeplab = sub.add_parser("deeplab257")
     deeplab.add_argument("--bootstrap", type=int, default=1000)
+    sub.add_parser("timing")
     args = parser.parse_args(argv)
     if args.what == "camvid":
         bench_camvid(args.models)
+    elif args.what == "timing":
+        bench_timing()
     else:
         bench_deeplab257(args.bootstrap)
     return 0
