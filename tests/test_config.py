@@ -111,6 +111,10 @@ def test_mode_requirements(tmp_path: Path) -> None:
     assert "general.model_path: required for operation_mode evaluation" in errors_of(data)
     data["general"]["model_path"] = str(tmp_path / "missing.tflite")
     assert "general.model_path: " in errors_of(data) and "does not exist" in errors_of(data)
+    assert "required for operation_mode" not in errors_of(data)
+    (tmp_path / "model.keras").write_bytes(b"")
+    data["general"]["model_path"] = str(tmp_path / "model.keras")
+    assert load_config(data).general.model_path == str(tmp_path / "model.keras")
     data = default_config()
     data["operation_mode"] = "training"
     data["dataset"] = {"name": "camvid", "training_path": str(tmp_path)}

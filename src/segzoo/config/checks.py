@@ -166,9 +166,9 @@ def _needs_training_data(cfg: Config, mode: str, steps: tuple[str, ...]) -> list
 
 def _needs_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
     """A model to work on: trained in the run, given, listed for benchmarking, or imported from weights."""
-    if "train" in steps or (steps == ("benchmark",) and cfg.benchmarking.models):
+    if cfg.general.model_path or cfg.training.model.pretrained_weights or "train" in steps:
         return []
-    if cfg.training.model.pretrained_weights and not cfg.general.model_path:
+    if steps == ("benchmark",) and cfg.benchmarking.models:
         return []
     return [f"general.model_path: required for operation_mode {mode} (or training.model.pretrained_weights to use "
             f"the configured model with pretrained weights)"]
