@@ -375,7 +375,8 @@ def test_generate_nb_with_a_stand_in_stedgeai(st_model, tmp_path, monkeypatch):
     assert nb == out / f"{st_model.stem}.nb" and nb.read_bytes() == b"NBG"
     report = (out / f"{st_model.stem}_stedgeai_generate.txt").read_text()
     assert "generate --model" in report and "--target stm32mp25" in report and "Generated files" in report
-    assert sorted(p.name for p in out.iterdir()) == sorted([nb.name, f"{st_model.stem}_stedgeai_generate.txt"])
+    written = [nb.name, f"{st_model.stem}_stedgeai_generate.txt"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(written + [name + ".sha256" for name in written])
 
     monkeypatch.setenv("MODE", "fail")
     with pytest.raises(ModelError, match=r"(?s)failed .*exit code 1.*E010"):

@@ -196,7 +196,8 @@ def test_write_evaluation_report(tmp_path: Path, st_result: EvaluationResult) ->
                                     class_names=VOC_NAMES, prefix="st_")
     assert {p.name for p in paths.values()} == {"st_evaluation_report.json", "st_evaluation_report.md",
                                                 "st_confusion_matrix.png", "st_per_class_iou.png"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())  # no temp files left
+    written = sorted(n for p in paths.values() for n in (p.name, p.name + ".sha256"))  # each with its checksum
+    assert sorted(p.name for p in tmp_path.iterdir()) == written  # no temp files left
     report = json.loads(paths["json"].read_text())
     m = st_result.metrics
     for key in ("miou", "pixel_accuracy", "mean_accuracy", "per_class_iou", "per_class_accuracy"):

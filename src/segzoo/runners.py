@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from segzoo.errors import ModelError
+from segzoo.io import verified
 from segzoo.preprocess import Placement, compute_placement, restore_argmax, restore_labels, restore_logits
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,11 @@ class TFLiteRunner:
     def _predict_one(self, x: np.ndarray) -> np.ndarray:
         integer_input = np.issubdtype(self._input["dtype"], np.integer)
         x = quantize(x, self.input_quantization) if integer_input else x.astype(self._input["dtype"], copy=False)
-        self._interpreter.set_tensor(self._input["index"], x)
-        self._interpreter.invoke()
+        try:
+            self._interpreter.set_tensor(self._input["index"], x)
+            self._interpreter.invoke()
+        except (RuntimeError, ValueError) as exc:  # a model that loads but cannot run (corrupt or unsupported)
+            raise ModelError(f"{self.path}: inference failed: {exc}") from exc
         if self.output_quantization.quantized and self.output_kind != "labels":
             # dequantize straight from the interpreter's buffer: no copy of the raw output
             return dequantize(self._interpreter.tensor(self._output["index"])()[0], self.output_quantization)
@@ -202,7 +206,8 @@ class KerasRunner:
 
 
 def check_model_file(path: str | Path) -> Path:
-    """The path of an existing .keras/.h5/.tflite file; ModelError naming the file otherwise."""
+    """The path of an existing .keras/.h5/.tflite file, checked against its sha256 sidecar when segzoo wrote it;
+    ModelError naming the file otherwise."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in KERAS_SUFFIXES + TFLITE_SUFFIXES:
@@ -210,7 +215,7 @@ def check_model_file(path: str | Path) -> Path:
                          f"expected one of {', '.join(KERAS_SUFFIXES + TFLITE_SUFFIXES)}")
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
-    return path
+    return verified(path)
 
 
 def load_runner(path: str | Path, num_threads: int | None = None) -> Runner:

@@ -35,6 +35,8 @@ from segzoo.checkpoints.pickle_vm import (
     starts_like_pickle,
 )
 from segzoo.checkpoints.torch_files import MAGIC_NUMBER, read_torch_legacy, read_torch_zip
+from segzoo.errors import ModelError
+from segzoo.io import verified
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +149,14 @@ def read_checkpoint(path: str | Path, *, lenient: bool = False) -> Any:
 
     Tensors and NumPy arrays come back as ``np.ndarray`` (bfloat16 as float32, native byte order). A global
     that is not on the allow-list is refused with a :class:`CheckpointError` unless ``lenient``, where it becomes
-    an inert :class:`UnresolvedObject` (see :mod:`segzoo.checkpoints.allowlist` for the policy).
+    an inert :class:`UnresolvedObject` (see :mod:`segzoo.checkpoints.allowlist` for the policy). A file segzoo
+    wrote (it has a sha256 sidecar) is checked against its checksum first.
     """
     source = str(path)
+    try:
+        verified(path)
+    except ModelError as exc:
+        raise CheckpointError(str(exc)) from None
     fmt = detect_format(path)
     logger.debug("%s: reading as %s", source, fmt.name)
     try:

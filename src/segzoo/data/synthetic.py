@@ -198,8 +198,9 @@ def _write_dataset(folder: Path, params: dict) -> None:
         for i, sample_id in enumerate(ids):
             rng = np.random.default_rng([params["seed"], split_index, i])
             _write_sample(folder, sample_id, *render_sample(rng, hw))
-        write_text(folder / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{s}\n" for s in ids))
-    write_json(folder / _MARKER, params)
+        write_text(folder / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{s}\n" for s in ids),
+                   checksum=False)
+    write_json(folder / _MARKER, params, checksum=False)  # a dataset, installed whole by one rename
 
 
 def _install(built: Path, target: Path, params: dict) -> None:

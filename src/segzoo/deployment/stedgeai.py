@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from segzoo.errors import ConfigError, ModelError
-from segzoo.io import write_text
+from segzoo.io import TEMP_MARK, sidecar_path, write_sidecar, write_text
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def generate_nb(tflite_path: str | Path, stedgeai_path: str | Path, out_dir: str
     executable = _executable(stedgeai_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".stedgeai.", dir=out_dir) as work:
+    with tempfile.TemporaryDirectory(prefix=f".stedgeai{TEMP_MARK}", dir=out_dir) as work:
         output, workspace = Path(work) / "output", Path(work) / "workspace"
         argv = [executable, "generate", "--model", str(tflite.resolve()), "--target", TARGET,
                 "--output", str(output), "--workspace", str(workspace)]
@@ -48,7 +48,9 @@ def generate_nb(tflite_path: str | Path, stedgeai_path: str | Path, out_dir: str
             raise ModelError(f"{Path(executable).name} finished but wrote no .nb file for {tflite.name}; "
                              f"its report is in {report_path}:\n{_tail(report)}")
         target = out_dir / f"{tflite.stem}.nb"
+        sidecar_path(target).unlink(missing_ok=True)
         shutil.move(str(nb), target)  # same file system: an atomic rename
+        write_sidecar(target)
     log.info("NPU binary %s generated (%d bytes); ST Edge AI Core report: %s", target, target.stat().st_size,
              report_path)
     return target

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from segzoo.errors import ModelError
+from segzoo.io import verified
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,11 @@ def _is_int8(dtype: Any) -> bool:
 
 
 def load_interpreter(path: Path) -> Any:
-    """A LiteRT interpreter of ``path`` (tensors not allocated); ModelError naming the file if unreadable."""
+    """A LiteRT interpreter of ``path`` (tensors not allocated); ModelError naming the file if unreadable or damaged
+    (sha256 sidecar)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    verified(path)
     try:
         return Interpreter(model_path=str(path))
     except Exception as exc:  # noqa: BLE001 - any loader failure names the file
@@ -80,6 +83,13 @@ def _io_summary(detail: dict) -> dict:
     }
 
 
+def builtin_op_names() -> frozenset[str]:
+    """Names of TFLite's builtin operators (schema enum); any other op name in a model is a custom op."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    return frozenset(name for name in vars(schema.BuiltinOperator) if not name.startswith("_"))
+
+
 def _op_summary(op: dict, table: dict[int, dict], interpreter: Any, activations: set[int]) -> dict:
     """One op: builtin name, tensor names, int8/float flags, per-channel weights."""
     inputs = [int(i) for i in op["inputs"] if i >= 0]
@@ -112,7 +122,7 @@ def inspect_tflite(path: str | Path) -> dict:
     ``per_channel``, ``per_channel_weights``), ``op_histogram``, ``int8_compute_share``, ``per_channel_tensors``,
     ``has_per_channel``, ``input``/``output`` (``name``, ``dtype``, ``shape``, ``scale``, ``zero_point``; first
     input/output), ``inputs``/``outputs`` (all of them), ``size_bytes``, ``float_ops`` (output tensor names of the
-    compute ops that run in float).
+    compute ops that run in float), ``custom_ops`` (names of the ops that are not TFLite builtins, sorted).
     """
     path = Path(path)
     if not path.is_file():
@@ -140,6 +150,7 @@ def inspect_tflite(path: str | Path) -> dict:
         "outputs": [_io_summary(d) for d in outputs],
         "size_bytes": path.stat().st_size,
         "float_ops": [op["tensor"] for op in compute if op["float"]],
+        "custom_ops": sorted({op["name"] for op in ops} - builtin_op_names()),
     }
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segzoo.errors import ModelError
-from segzoo.io import atomic_path
+from segzoo.io import atomic_path, verified
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def locate_weights(names: Sequence[str], *, folders: Sequence[str | Path], cache
     searched = [Path(f).expanduser() for f in folders] + [cache_dir]
     found = find_file(names, searched)
     if found is not None:
+        verified(found)
         if sha256 and found.parent == cache_dir and not sha256_of(found).startswith(sha256.lower()):
             raise ModelError(f"{found}: sha256 does not match the published {sha256}; delete the file and retry")
         log.info("Using %s %s", what, found)

@@ -319,13 +319,19 @@ def convert(
 
 
 def float_tflite_file(model_path: Path, out_path: Path) -> Path:
-    """The float32 TFLite conversion of a saved Keras model, written once to ``out_path`` (reused if present)."""
-    if not out_path.exists():
-        from segzoo.quantization.quantize import load_float_model
+    """The float32 TFLite conversion of a saved Keras model, written once to ``out_path`` (reused if present and
+    intact; rewritten when damaged)."""
+    from segzoo.io import verified
 
-        convert(load_float_model(model_path), None, out_path, input_type="float", output_type="float",
-                quantize=False)
-    return out_path
+    if out_path.exists():
+        try:
+            return verified(out_path)
+        except ModelError as exc:
+            log.warning("%s; converting %s again", exc, model_path)
+    from segzoo.quantization.quantize import load_float_model
+
+    return convert(load_float_model(model_path), None, out_path, input_type="float", output_type="float",
+                   quantize=False)
 
 
 def convert_calibrated(calibrated: bytes, out_path: str | Path, *, granularity: str = "per_tensor",

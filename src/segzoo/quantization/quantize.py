@@ -59,7 +59,10 @@ def representative(batch: np.ndarray, limit: int | None = None) -> Callable[[], 
 def load_float_model(path: Path):
     """The float Keras model to quantize: a ``.keras``/``.h5`` file, or a float ``.tflite`` rebuilt as an equivalent
     Keras model (:mod:`segzoo.litert`, checked against the file on a random input); ModelError when unreadable or
-    when the ``.tflite`` is already quantized."""
+    when the ``.tflite`` is already quantized, or damaged since segzoo wrote it (sha256 sidecar)."""
+    from segzoo.io import verified
+
+    verified(path)
     if path.suffix.lower() == ".tflite":
         from segzoo.litert.importer import import_tflite, verify_import
 

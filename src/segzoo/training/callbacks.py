@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -11,11 +10,9 @@ from pathlib import Path
 import keras
 
 from segzoo.io import atomic_path, write_json
+from segzoo.training.state import STATE_FILE, STATE_WEIGHTS
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "training_state.json"
-STATE_WEIGHTS = "last_state.weights.h5"
 
 
 class Checkpoints(keras.callbacks.Callback):
@@ -81,12 +78,6 @@ class Checkpoints(keras.callbacks.Callback):
 def _save(model: keras.Model, path: Path) -> None:
     with atomic_path(path) as tmp:
         model.save(tmp)
-
-
-def read_state(saved_dir: Path) -> dict:
-    """The state written by Checkpoints, or an error naming the missing file."""
-    path = Path(saved_dir) / STATE_FILE
-    return json.loads(path.read_text())
 
 
 class MlflowMetrics(keras.callbacks.Callback):
