@@ -1,6 +1,9 @@
 """What ``stm32ai_main.py`` runs: check overrides, validate the config, run the mode's steps.
 
-Nothing heavy is imported before the config is valid, so a typo fails in a few seconds.
+Nothing heavy is imported before the config is valid, so a typo fails in a few seconds. Exit codes are listed in
+``segzoo.errors``: a user error exits with its code and no traceback; a run that finished but skipped items exits 6.
+Running the same command again in the run directory of an interrupted run (``hydra.run.dir``) first clears the
+temporary files the interruption left, then redoes the steps; no file at its final name is ever half-written.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from typing import Any
 
 from segzoo.config import config_to_dict, load_config
 from segzoo.config.overrides import check_overrides
-from segzoo.errors import SegzooError
-from segzoo.io import write_json, write_text
+from segzoo.errors import EXIT_SKIPPED, SegzooError
+from segzoo.io import disk_full_cause, output_error, remove_stale_temporaries, write_json, write_text
 from segzoo.modes import steps_for
 
 logger = logging.getLogger("segzoo")
@@ -33,12 +36,34 @@ def preflight(argv: list[str]) -> list[str]:
 
 
 def run(raw_cfg: Any, run_dir: str | Path | None = None) -> dict:
-    """Validate ``raw_cfg`` and run its operation mode in ``run_dir``; user errors exit non-zero."""
+    """Validate ``raw_cfg`` and run its operation mode in ``run_dir``; user errors exit non-zero.
+
+    The summary (``results.json``) lists the skipped items under ``skipped``; see :func:`exit_status`.
+    """
     try:
         return _run(raw_cfg, run_dir)
     except SegzooError as exc:
         logger.error("%s", exc)
         raise SystemExit(exc.exit_code) from None
+    except Exception as exc:
+        full = disk_full_cause(exc)
+        if full is None:
+            raise
+        error = output_error(getattr(full, "filename", None) or Path(run_dir or "."), full)
+        logger.error("%s", error)
+        raise SystemExit(error.exit_code) from None
+
+
+def exit_status(summary: dict) -> int:
+    """0 for a run that finished with nothing skipped, :data:`~segzoo.errors.EXIT_SKIPPED` (6) otherwise."""
+    return EXIT_SKIPPED if summary.get("skipped", {}).get("count") else 0
+
+
+def run_and_exit(raw_cfg: Any) -> None:
+    """:func:`run`, then exit with :func:`exit_status` (what ``stm32ai_main.py`` does)."""
+    status = exit_status(run(raw_cfg))
+    if status:
+        raise SystemExit(status)
 
 
 def _hydra_run_dir() -> Path:
@@ -51,6 +76,9 @@ def _run(raw_cfg: Any, run_dir: str | Path | None) -> dict:
     cfg = load_config(raw_cfg)
     run_dir = Path(run_dir) if run_dir else _hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(run_dir)
+    if stale:
+        logger.info("Removed %d temporary file(s) left by an interrupted run in %s", len(stale), run_dir)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from omegaconf import OmegaConf
 
@@ -72,8 +100,26 @@ def _run(raw_cfg: Any, run_dir: str | Path | None) -> dict:
                 start = time.perf_counter()
                 run_step(step, ctx)
                 logger.info("step %s done in %.1f s", step, time.perf_counter() - start)
+            _report_skipped(ctx)
         finally:
             for log_file in run_dir.glob("*.log"):
                 tracker.log_artifact(log_file)
     write_json(run_dir / "results.json", ctx.summary)
     return ctx.summary
+
+
+SKIPPED_SHOWN = 20
+"""How many skipped items the final log message lists (results.json lists them all)."""
+
+
+def _report_skipped(ctx: Any) -> None:
+    """Put the run's skipped items in the summary, the log and MLflow (tag ``skipped_items``)."""
+    items = ctx.skipped
+    ctx.summary["skipped"] = {"count": len(items), "items": items}
+    ctx.tracker.set_tag("skipped_items", str(len(items)))
+    if not items:
+        return
+    shown = "\n  ".join(f"[{s['step']}] {s['item']}: {s['reason']}" for s in items[:SKIPPED_SHOWN])
+    more = f"\n  ... and {len(items) - SKIPPED_SHOWN} more" if len(items) > SKIPPED_SHOWN else ""
+    logger.warning("Finished with %d skipped item(s) (listed in results.json; exit code %d):\n  %s%s",
+                   len(items), EXIT_SKIPPED, shown, more)

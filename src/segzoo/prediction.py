@@ -1,4 +1,10 @@
-"""Predict label maps for images: a palette mask PNG at the original size and an overlay with a legend."""
+"""Predict label maps for images: a palette mask PNG at the original size and an overlay with a legend.
+
+An image that cannot be read does not stop a folder: the others are segmented, and the unreadable ones are listed
+in ``prediction_report.json``/``.md`` and the log (the run then exits with code 6). Images are segmented in their
+stored orientation (EXIF orientation is not applied, see ``segzoo.data.loader``). Per-image outputs carry no
+sha256 sidecar (they are results, not inputs segzoo reads back).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from segzoo.data.loader import read_image
+from segzoo.data.loader import exif_orientation, read_image
 from segzoo.errors import DataError, ModelError
-from segzoo.io import write_with
+from segzoo.io import write_json, write_text, write_with
 from segzoo.palette import flat_palette, voc_palette
 from segzoo.preprocess import Preprocessing, to_model_input
 from segzoo.runners import Runner, check_output_classes, to_labels
@@ -80,7 +86,7 @@ def _save_png(array: np.ndarray, path: Path, palette: bool = False) -> Path:
     image = Image.fromarray(array)
     if palette:
         image.putpalette(flat_palette())  # turns the mode L image into mode P
-    return write_with(path, lambda tmp: image.save(tmp, format="PNG"))
+    return write_with(path, lambda tmp: image.save(tmp, format="PNG"), checksum=False)
 
 
 def check_stems(image_paths: list[Path]) -> None:
@@ -92,15 +98,26 @@ def check_stems(image_paths: list[Path]) -> None:
 
 
 def predict_images(runner: Runner, image_paths: list[Path], out_dir: Path, pp: Preprocessing, class_names: list[str],
-                   *, alpha: float = 0.5) -> list[dict]:
-    """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` for each image."""
+                   *, alpha: float = 0.5, skipped: list[dict] | None = None) -> list[dict]:
+    """Write ``<stem>_mask.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` for each image.
+
+    An unreadable image is logged, appended to ``skipped`` (``{"item", "reason"}``) and passed over; a DataError
+    only when no image at all can be read. Model problems stop at once (ModelError).
+    """
     out_dir = Path(out_dir)
     check_stems(image_paths)
-    rows = []
+    skipped = [] if skipped is None else skipped
+    rows, rotated = [], 0
     for path in tqdm(image_paths, desc="Predicting", unit="img"):
         path = Path(path)
         start = time.perf_counter()
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            log.warning("Skipped %s: %s", path, exc)
+            skipped.append({"item": str(path), "reason": str(exc)})
+            continue
+        rotated += exif_orientation(path) != 1
         labels = predict_labels(runner, image, pp, len(class_names))
         mask_path = _save_png(labels, out_dir / f"{path.stem}_mask.png", palette=True)
         overlay = render_overlay(image, labels, class_names, alpha)
@@ -112,5 +129,26 @@ def predict_images(runner: Runner, image_paths: list[Path], out_dir: Path, pp: P
             "classes_present": [class_names[c] for c in np.unique(labels) if c != VOID],
             "seconds": time.perf_counter() - start,
         })
+    if not rows:
+        raise DataError(f"none of the {len(image_paths)} images can be read; first: {skipped[0]['reason']}")
+    if rotated:
+        log.warning("%d image(s) carry an EXIF orientation tag (shown rotated or mirrored by viewers): they are "
+                    "segmented, and their outputs written, in their stored orientation", rotated)
     log.info("Predicted %d images into %s", len(rows), out_dir)
     return rows
+
+
+def write_prediction_report(run_dir: Path, rows: list[dict], skipped: list[dict], model: Path) -> dict[str, Path]:
+    """``prediction_report.json``/``.md``: every image with its outputs and classes, then the skipped ones."""
+    report = {"model": str(model), "images": len(rows), "skipped": skipped,
+              "predictions": [{k: (str(v) if isinstance(v, Path) else v) for k, v in row.items()} for row in rows]}
+    lines = ["# Prediction report", "", f"- Model: `{model}`", f"- Images segmented: {len(rows)}",
+             f"- Images skipped (unreadable): {len(skipped)}", ""]
+    if skipped:
+        lines += ["## Skipped", "", "| image | reason |", "|---|---|"]
+        lines += [f"| `{s['item']}` | {str(s['reason']).replace('|', '/')} |" for s in skipped] + [""]
+    lines += ["## Predictions", "", "| image | mask | classes present |", "|---|---|---|"]
+    lines += [f"| `{Path(r['image']).name}` | `{Path(r['mask']).name}` | {', '.join(r['classes_present'])} |"
+              for r in rows]
+    return {"json": write_json(Path(run_dir) / "prediction_report.json", report),
+            "md": write_text(Path(run_dir) / "prediction_report.md", "\n".join(lines) + "\n")}

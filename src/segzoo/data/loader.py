@@ -1,8 +1,15 @@
 """Read image+mask pairs as arrays, and check a whole dataset before heavy work starts.
 
 No TensorFlow here. Images are read with Pillow, which reports truncated or corrupt files as errors
-(OpenCV silently returns grey pixels). EXIF orientation is ignored, as it is for masks, so that an
-image and its mask always share the same pixel grid.
+(OpenCV silently returns grey pixels). The check decodes every image and mask completely, with the very
+functions training, evaluation and prediction read them with, so a file that passes the check is read
+without error later.
+
+**Orientation rule**: EXIF orientation is never applied, to images or to masks, by any reader of segzoo
+(this module, ``segzoo.data.masks``, the training pipeline, calibration, prediction, and the board
+application): an image and its mask always share the stored pixel grid, on which annotation tools draw
+masks. A photo whose EXIF tag says "rotate on display" is processed, and its prediction written, in its
+stored orientation (:func:`exif_orientation` tells which images carry such a tag).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ logger = logging.getLogger(__name__)
 ON_BAD_SAMPLE = ("error", "skip")
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _REASONS_SHOWN = 5
+_EXIF_ORIENTATION = 0x0112
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
@@ -49,13 +57,27 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the image header only, or a DataError naming the file."""
+    """(height, width) from the image header only, or a DataError naming the file (does not prove the file whole:
+    :func:`read_image` does)."""
     try:
         with Image.open(path) as im:
             width, height = im.size
     except _PIL_ERRORS as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from exc
     return height, width
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation tag of an image (1 = as stored; 2..8 = mirrored or rotated on display), 1 if none.
+
+    segzoo never applies it (see the module docstring); prediction counts the images that carry one.
+    """
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except _PIL_ERRORS:
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _check_size(sample: Sample, image_hw: tuple[int, int], mask_hw: tuple[int, ...]) -> None:
@@ -82,9 +104,9 @@ def load_pair(sample: Sample, mapper: ClassMapper) -> tuple[np.ndarray, np.ndarr
 
 
 def _problem(sample: Sample, mapper: ClassMapper) -> DataError | None:
-    """Why a sample is unusable (cheap image header, full mask), or None when it is fine."""
+    """Why a sample is unusable (image and mask fully decoded, mask values, sizes), or None when it is fine."""
     try:
-        image_hw = image_size(sample.image_path)
+        image_hw = read_image(sample.image_path).shape[:2]
         mask = _read_mapped_mask(sample, mapper)
         _check_size(sample, image_hw, mask.shape)
     except DataError as exc:
@@ -107,12 +129,19 @@ def _problems(samples: list[Sample], mapper: ClassMapper, stop_at_first: bool, d
     return results
 
 
+def skipped_entry(sample: Sample, problem: DataError) -> dict:
+    """How a skipped sample is listed in reports and ``results.json``."""
+    return {"item": str(sample.image_path), "mask": None if sample.mask_path is None else str(sample.mask_path),
+            "reason": str(problem)}
+
+
 def scan_samples(samples: list[Sample], mapper: ClassMapper, on_bad_sample: str = "error",
-                 desc: str = "Checking dataset") -> list[Sample]:
-    """Check every pair (image header, full mask values, sizes) before training or evaluation.
+                 desc: str = "Checking dataset", skipped: list[dict] | None = None) -> list[Sample]:
+    """Check every pair (image and mask fully decoded, mask values, sizes) before training or evaluation.
 
     ``on_bad_sample="error"`` raises the first problem in list order; ``"skip"`` drops bad samples
-    with one warning (count and first reasons) and raises only when nothing is left.
+    with one warning (count and first reasons) and raises only when nothing is left. The skipped samples
+    are appended to ``skipped`` (see :func:`skipped_entry`) when it is given.
     """
     if on_bad_sample not in ON_BAD_SAMPLE:
         raise ValueError(f"on_bad_sample must be one of {list(ON_BAD_SAMPLE)}, got {on_bad_sample!r}")
@@ -128,4 +157,6 @@ def scan_samples(samples: list[Sample], mapper: ClassMapper, on_bad_sample: str 
         raise DataError(f"all {len(samples)} samples are unusable; first reasons:\n  {listed}")
     logger.warning("Skipped %d of %d samples (on_bad_sample=skip); first reasons:\n  %s",
                    len(reasons), len(samples), listed)
+    if skipped is not None:
+        skipped.extend(skipped_entry(s, p) for s, p in zip(samples, problems) if p is not None)
     return [s for s, p in zip(samples, problems) if p is None]

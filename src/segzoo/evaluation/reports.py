@@ -38,6 +38,7 @@ def report_dict(result: EvaluationResult, *, model_path: str | Path, dataset: di
         "resolution": result.resolution,
         "model": {**result.model, "path": str(model_path)},
         "dataset": dataset,
+        "skipped": list(result.skipped),
     }
 
 
@@ -64,7 +65,19 @@ def report_markdown(report: dict) -> str:
                      f"{_percent(report['per_class_accuracy'][name])} | {report['per_class_pixels'][name]} |")
     lines += ["", "n/a: the class is absent from both the masks and the predictions (IoU) or from the masks "
               "(accuracy); such classes are left out of the means.", ""]
+    lines += skipped_markdown(report.get("skipped", []))
     return "\n".join(lines)
+
+
+def skipped_markdown(skipped: list[dict]) -> list[str]:
+    """A "Skipped" section listing each item left out and why (nothing when none was)."""
+    if not skipped:
+        return []
+    lines = [f"## Skipped ({len(skipped)}, dataset.on_bad_sample: skip)", "", "| file | reason |", "|---|---|"]
+    for entry in skipped:
+        reason = str(entry["reason"]).replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{entry['item']}` | {reason} |")
+    return lines + [""]
 
 
 def confusion_figure(cm: np.ndarray, class_names: list[str]) -> Figure:

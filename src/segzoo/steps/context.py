@@ -28,7 +28,9 @@ class RunContext:
     ``models`` maps a role (:data:`MODEL`, :data:`QUANTIZED`) to a model file; ``current`` is the role the next
     evaluate step works on (the latest model produced). ``checkpoint`` is the training checkpoint with its
     training-only heads. ``evaluations`` holds each role's evaluation summary, so that a later comparison reuses it.
-    ``summary`` is what ``results.json`` reports, one entry per step; steps never read it.
+    ``summary`` is what ``results.json`` reports, one entry per step; steps never read it. ``skipped`` lists the
+    items a step left out (unreadable images, bad pairs with ``dataset.on_bad_sample: skip``): the run goes on and
+    reports them at the end (exit code 6).
     """
 
     cfg: Config
@@ -40,6 +42,7 @@ class RunContext:
     quantization: QuantizationResult | None = None
     evaluations: dict[str, dict] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
     _task: Task | None = None
 
     @property
@@ -64,6 +67,10 @@ class RunContext:
             return self.models[MODEL]
         raise ConfigError("general.model_path: required (no model was trained in this run, and "
                           "training.model.pretrained_weights names no weights to import)")
+
+    def record_skipped(self, step: str, entries: list[dict]) -> None:
+        """Add items a step left out (each ``{"item", "reason", ...}``) to the run's list."""
+        self.skipped.extend({"step": step, **entry} for entry in entries)
 
     def add_model(self, role: str, path: Path) -> None:
         """Record a model produced by a step; it becomes the current model."""

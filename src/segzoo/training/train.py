@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,9 @@ from segzoo.data.masks import read_mask
 from segzoo.data.pipeline import data_errors, make_dataset
 from segzoo.data.resolve import DataSpec, training_and_validation
 from segzoo.errors import ConfigError, DataError, ModelError
-from segzoo.training.callbacks import STATE_WEIGHTS, Checkpoints, MlflowMetrics, read_state
+from segzoo.io import copy_file, verified
+from segzoo.training.callbacks import Checkpoints, MlflowMetrics
+from segzoo.training.state import STATE_WEIGHTS, read_resumable_state
 from segzoo.training.losses import IgnoreAwareCrossEntropy, median_frequency_weights
 from segzoo.training.metrics import StreamingMeanIoU
 from segzoo.training.trainer import Trainer, default_loss_terms
@@ -63,6 +64,7 @@ def build_or_load_model(cfg: Config, num_classes: int) -> keras.Model:
     from segzoo.models.registry import build_from_params, custom_objects
 
     if cfg.general.model_path:
+        verified(cfg.general.model_path)
         try:
             model = keras.saving.load_model(cfg.general.model_path, compile=False, custom_objects=custom_objects())
         except Exception as exc:  # Keras raises many types for unreadable files
@@ -122,16 +124,8 @@ def _resume_source(cfg: Config) -> tuple[Path, dict] | None:
     source = cfg.training.resume_training_from
     if not source:
         return None
-    saved = Path(source) / cfg.general.saved_models_dir
-    last = saved / "last_model.keras"
-    try:
-        state = read_state(saved)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"training.resume_training_from: {source!r} holds no resumable run "
-                          f"({saved / 'training_state.json'}: {exc})") from None
-    if not last.is_file():
-        raise ConfigError(f"training.resume_training_from: {last} is missing")
-    return saved, state
+    state = read_resumable_state(source, cfg.general.saved_models_dir)
+    return Path(source) / cfg.general.saved_models_dir, state
 
 
 def _restored(saved_src: Path) -> tuple[keras.Model, keras.optimizers.Optimizer | None]:
@@ -139,7 +133,7 @@ def _restored(saved_src: Path) -> tuple[keras.Model, keras.optimizers.Optimizer 
     from segzoo.models.registry import custom_objects
 
     objects = {**custom_objects(), **CUSTOM_OBJECTS}
-    path = saved_src / "last_model.keras"
+    path = verified(saved_src / "last_model.keras")
     try:
         if (saved_src / STATE_WEIGHTS).is_file():
             return keras.saving.load_model(path, compile=False, custom_objects=objects), None
@@ -178,24 +172,28 @@ def fine_tuning_data(cfg: Config, spec: DataSpec, input_hw: tuple[int, int]) -> 
     return dataset.repeat(), loss, steps
 
 
-def _checked_samples(spec: DataSpec) -> tuple[list[Sample], list[Sample]]:
+def _checked_samples(spec: DataSpec, skipped: list[dict] | None = None) -> tuple[list[Sample], list[Sample]]:
     train, val = training_and_validation(spec)
     on_bad = spec.dataset.on_bad_sample
-    train = scan_samples(train, spec.mapper, on_bad, desc="Checking training set")
-    val = scan_samples(val, spec.mapper, on_bad, desc="Checking validation set") if val else []
+    train = scan_samples(train, spec.mapper, on_bad, desc="Checking training set", skipped=skipped)
+    val = scan_samples(val, spec.mapper, on_bad, desc="Checking validation set", skipped=skipped) if val else []
     if not train:
         raise DataError("no training images (dataset.training_path)")
     return train, val
 
 
-def run_training(cfg: Config, spec: DataSpec, run_dir: Path, tracker) -> TrainingResult:
-    """Train as configured; checkpoints go to ``<run_dir>/<saved_models_dir>``, logs to ``<logs_dir>``."""
+def run_training(cfg: Config, spec: DataSpec, run_dir: Path, tracker,
+                 skipped: list[dict] | None = None) -> TrainingResult:
+    """Train as configured; checkpoints go to ``<run_dir>/<saved_models_dir>``, logs to ``<logs_dir>``.
+
+    With ``dataset.on_bad_sample: skip`` the unusable pairs are left out (counted in the log) and appended to
+    ``skipped``."""
     keras.utils.set_random_seed(spec.seed)
     tr = cfg.training
     saved_dir, logs_dir = run_dir / cfg.general.saved_models_dir, run_dir / cfg.general.logs_dir
     saved_dir.mkdir(parents=True, exist_ok=True)
     logs_dir.mkdir(parents=True, exist_ok=True)
-    train, val = _checked_samples(spec)
+    train, val = _checked_samples(spec, skipped)
     monitor = tr.monitor if val else tr.monitor.removeprefix("val_")
     if not val:
         logger.warning("No validation images: checkpoints follow the training %s", monitor)
@@ -249,6 +247,7 @@ def _load_state(trainer: Trainer, path: Path) -> None:
     """Restore the network and optimizer variables saved by Checkpoints (trainer and optimizer are built first)."""
     trainer(keras.ops.zeros((1, *trainer.network.input_shape[1:])))
     trainer.optimizer.build(trainer.trainable_variables)
+    verified(path)
     try:
         trainer.load_weights(path)
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign state file
@@ -275,6 +274,6 @@ def _carry_over(saved_src: Path, saved_dir: Path, logs_src: Path, logs_dir: Path
     """Copy the resumed run's best models, state and CSV log into this run."""
     for name in ("best_model.keras", "best_checkpoint.keras", "training_state.json"):
         if (saved_src / name).exists():
-            shutil.copy2(saved_src / name, saved_dir / name)
+            copy_file(saved_src / name, saved_dir / name)
     if (logs_src / "training_log.csv").exists():
-        shutil.copy2(logs_src / "training_log.csv", logs_dir / "training_log.csv")
+        copy_file(logs_src / "training_log.csv", logs_dir / "training_log.csv", checksum=False)

@@ -462,12 +462,22 @@ class Segmenter:
 
 
 def read_image(path: Path):
-    """RGB uint8 image (Pillow when present, as segzoo reads images; else OpenCV)."""
+    """RGB uint8 image (Pillow when present, as segzoo reads images; else OpenCV).
+
+    As in segzoo, EXIF orientation is not applied (the stored pixel grid is segmented), and 16-bit gray pixels
+    keep their high byte.
+    """
     try:
         if Image is not None:
             with Image.open(path) as im:
+                im.load()
+                if im.mode.startswith(("I", "F")):
+                    values = np.array(im)
+                    gray = (np.clip(np.round(values * 255.0), 0, 255) if values.dtype.kind == "f"
+                            else np.clip(values.astype(np.int64) >> 8, 0, 255)).astype(np.uint8)
+                    return np.repeat(gray[..., None], 3, axis=2)
                 return np.array(im.convert("RGB"))
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if bgr is None:
             raise OSError("not an image OpenCV can read")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

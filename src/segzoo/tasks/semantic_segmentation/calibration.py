@@ -10,7 +10,7 @@ from segzoo.config.schema import Config
 from segzoo.data.layouts import Sample, list_samples, split_samples
 from segzoo.data.loader import read_image
 from segzoo.data.resolve import DataSpec, training_and_validation
-from segzoo.errors import ConfigError
+from segzoo.errors import ConfigError, DataError
 from segzoo.preprocess import to_model_input
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,29 @@ def calibration_samples(cfg: Config, spec: DataSpec) -> tuple[list[Sample], str]
     return train, "training set"
 
 
-def calibration_data(cfg: Config, spec: DataSpec, input_hw: tuple[int, int],
-                     channels: int) -> tuple[np.ndarray, dict, list[str]]:
-    """Preprocessed float32 calibration images [N,H,W,C], a description, and warnings."""
+def _read_all(samples: list[Sample], on_bad_sample: str, skipped: list[dict] | None) -> list[np.ndarray]:
+    """The calibration images; an unreadable one stops (``"error"``) or is skipped and listed (``"skip"``)."""
+    images = []
+    for sample in samples:
+        try:
+            images.append(read_image(sample.image_path))
+        except DataError as exc:
+            if on_bad_sample != "skip":
+                raise
+            logger.warning("Skipped calibration image %s (on_bad_sample=skip): %s", sample.image_path, exc)
+            if skipped is not None:
+                skipped.append({"item": str(sample.image_path), "reason": str(exc)})
+    if not images:
+        raise DataError(f"none of the {len(samples)} calibration images can be read (first: {samples[0].image_path})")
+    return images
+
+
+def calibration_data(cfg: Config, spec: DataSpec, input_hw: tuple[int, int], channels: int,
+                     skipped: list[dict] | None = None) -> tuple[np.ndarray, dict, list[str]]:
+    """Preprocessed float32 calibration images [N,H,W,C], a description, and warnings.
+
+    With ``dataset.on_bad_sample: skip`` an unreadable image is left out and appended to ``skipped``.
+    """
     q, rng = cfg.quantization, np.random.default_rng(spec.seed)
     if spec.pp.channels != channels:
         raise ConfigError(f"preprocessing.color_mode: {spec.pp.color_mode!r} gives {spec.pp.channels} channels but "
@@ -51,7 +71,8 @@ def calibration_data(cfg: Config, spec: DataSpec, input_hw: tuple[int, int],
     if len(samples) > q.calibration_images:
         picked = sorted(rng.choice(len(samples), q.calibration_images, replace=False))
         samples = [samples[i] for i in picked]
-    batch = np.stack([to_model_input(read_image(s.image_path), input_hw, spec.pp)[0] for s in samples])
+    images = _read_all(samples, spec.dataset.on_bad_sample, skipped)
+    batch = np.stack([to_model_input(image, input_hw, spec.pp)[0] for image in images])
     logger.info("Calibrating on %d images from the %s", len(batch), source)
     return batch, {"source": source, "images": len(batch), "folder": str(samples[0].image_path.parent)}, []
 

@@ -32,6 +32,8 @@ class SemanticSegmentation:
         self.ctx = ctx
         self._spec: DataSpec | None = None
         self._evaluation_set: tuple[str, list[Sample]] | None = None
+        self._evaluation_skipped: list[dict] = []
+        self._validation_set: list[Sample] | None = None
 
     @property
     def spec(self) -> DataSpec:
@@ -45,7 +47,11 @@ class SemanticSegmentation:
         """Train as configured (``segzoo.training``)."""
         from segzoo.training.train import run_training
 
-        return run_training(self.ctx.cfg, self.spec, self.ctx.run_dir, self.ctx.tracker)
+        skipped: list[dict] = []
+        try:
+            return run_training(self.ctx.cfg, self.spec, self.ctx.run_dir, self.ctx.tracker, skipped=skipped)
+        finally:
+            self.ctx.record_skipped("train", skipped)
 
     # ----------------------------------------------------------------------------------------- evaluation
     def evaluation_samples(self) -> tuple[str, list[Sample]]:
@@ -56,8 +62,11 @@ class SemanticSegmentation:
 
             cfg, spec = self.ctx.cfg, self.spec
             split, samples = evaluation_samples(spec, cfg.evaluation.split)
-            samples = scan_samples(samples, spec.mapper, spec.dataset.on_bad_sample, desc=f"Checking {split} set")
-            self._evaluation_set = (split, samples[: cfg.evaluation.max_images or None])
+            samples = samples[: cfg.evaluation.max_images or None]
+            samples = scan_samples(samples, spec.mapper, spec.dataset.on_bad_sample, desc=f"Checking {split} set",
+                                   skipped=self._evaluation_skipped)
+            self.ctx.record_skipped("evaluate", self._evaluation_skipped)
+            self._evaluation_set = (split, samples)
         return self._evaluation_set
 
     def _run(self, model: Path, samples: list[Sample], desc: str):
@@ -66,8 +75,11 @@ class SemanticSegmentation:
 
         cfg, spec = self.ctx.cfg, self.spec
         runner = load_runner(model, num_threads=cfg.general.num_threads_tflite)
-        return run_evaluation(runner, samples, spec.mapper, spec.pp, list(spec.class_names),
-                              ignore_index=spec.ignore_index, resolution=cfg.evaluation.resolution, desc=desc)
+        result = run_evaluation(runner, samples, spec.mapper, spec.pp, list(spec.class_names),
+                                ignore_index=spec.ignore_index, resolution=cfg.evaluation.resolution, desc=desc,
+                                on_bad_sample=spec.dataset.on_bad_sample)
+        self.ctx.record_skipped("evaluate", result.skipped)
+        return result
 
     def evaluate(self, model: Path, role: str) -> dict:
         """Evaluate ``model`` on the run's evaluation set; reports, plots and MLflow metrics."""
@@ -77,6 +89,7 @@ class SemanticSegmentation:
         split, samples = self.evaluation_samples()
         logger.info("Evaluating %s on %d %s images", model, len(samples), split)
         result = self._run(model, samples, f"Evaluating {model.name} on {split}")
+        result.skipped = self._evaluation_skipped + result.skipped
         prefix = REPORT_PREFIX[role]
         dataset = spec.describe(split, samples)
         paths = write_evaluation_report(result, ctx.run_dir, model_path=model, dataset=dataset,
@@ -94,13 +107,22 @@ class SemanticSegmentation:
         for path in paths.values():
             ctx.tracker.log_artifact(path, "evaluation")
         return {"model": str(model), "miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
-                "per_class_iou": m["per_class_iou"], "split": split, "dataset": dataset}
+                "per_class_iou": m["per_class_iou"], "split": split, "dataset": dataset,
+                "images": result.num_images, "skipped": len(result.skipped)}
 
     def validation_metric(self, model: Path) -> float:
         """Validation mIoU of a candidate model (automatic mixed precision); no report written."""
-        mp = self.ctx.cfg.quantization.mixed_precision
-        _, val = training_and_validation(self.spec)
-        samples = (val or self.evaluation_samples()[1])[: mp.validation_images or None]
+        from segzoo.data.loader import scan_samples
+
+        mp, spec = self.ctx.cfg.quantization.mixed_precision, self.spec
+        if self._validation_set is None:
+            _, val = training_and_validation(spec)
+            val = val[: mp.validation_images or None]
+            skipped: list[dict] = []
+            self._validation_set = scan_samples(val, spec.mapper, spec.dataset.on_bad_sample,
+                                                desc="Checking validation set", skipped=skipped) if val else []
+            self.ctx.record_skipped("quantize (validation)", skipped)
+        samples = self._validation_set or self.evaluation_samples()[1][: mp.validation_images or None]
         return float(self._run(model, samples, f"Validating {model.name}").metrics["miou"])
 
     def compare(self, float_eval: dict, quantized_eval: dict) -> dict:
@@ -132,7 +154,11 @@ class SemanticSegmentation:
         """Preprocessed calibration images (``dataset.quantization_*``, else the training set)."""
         from segzoo.tasks.semantic_segmentation.calibration import calibration_data
 
-        return calibration_data(self.ctx.cfg, self.spec, input_hw, channels)
+        skipped: list[dict] = []
+        try:
+            return calibration_data(self.ctx.cfg, self.spec, input_hw, channels, skipped=skipped)
+        finally:
+            self.ctx.record_skipped("quantize (calibration)", skipped)
 
     def quantize(self, model: Path):
         """One network quantized with the task's calibration images (``segzoo.quantization``)."""
@@ -160,7 +186,7 @@ class SemanticSegmentation:
     # ------------------------------------------------------------------------------------------ prediction
     def predict(self, model: Path) -> dict:
         """Segment every image of ``prediction.test_files_path``: index masks and overlays."""
-        from segzoo.prediction import predict_images
+        from segzoo.prediction import predict_images, write_prediction_report
         from segzoo.runners import load_runner
 
         cfg = self.ctx.cfg
@@ -171,11 +197,19 @@ class SemanticSegmentation:
         images = images[: cfg.prediction.max_images or None]
         runner = load_runner(model, num_threads=cfg.general.num_threads_tflite)
         out_dir = self.ctx.run_dir / "predictions"
-        rows = predict_images(runner, images, out_dir, self.spec.pp, list(self.spec.class_names),
-                              alpha=cfg.prediction.overlay_alpha)
-        logger.info("Wrote %d predictions to %s", len(rows), out_dir)
+        skipped: list[dict] = []
+        try:
+            rows = predict_images(runner, images, out_dir, self.spec.pp, list(self.spec.class_names),
+                                  alpha=cfg.prediction.overlay_alpha, skipped=skipped)
+        finally:
+            self.ctx.record_skipped("predict", skipped)
+        report = write_prediction_report(self.ctx.run_dir, rows, skipped, model)
+        logger.info("Wrote %d predictions to %s (%d unreadable images skipped; %s)", len(rows), out_dir,
+                    len(skipped), report["md"])
         self.ctx.tracker.log_artifact(out_dir, "predictions")
-        return {"images": len(rows), "folder": str(out_dir)}
+        for path in report.values():
+            self.ctx.tracker.log_artifact(path, "predictions")
+        return {"images": len(rows), "folder": str(out_dir), "skipped": len(skipped), "report": str(report["json"])}
 
     # ------------------------------------------------------------------------------------------ deployment
     def bundle(self, model: Path, out_dir: Path, nb_model: Path | None) -> Path:
