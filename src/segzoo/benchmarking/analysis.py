@@ -210,7 +210,7 @@ def analyze_tflite(path: str | Path) -> dict:
     ``macs``, ``elementwise``, ``input_bytes``, ``output_bytes``, ``weight_bytes``, ``weight_granularity``,
     ``alive_bytes``), ``peak_activation_bytes``, ``peak_activation_op``, ``weight_bytes``, ``tensors`` (name, kind,
     dtype, shape, bytes, granularity), ``granularity_counts`` (per kind), ``input``/``output``/``inputs``/``outputs``,
-    ``int8_compute_share``, ``has_per_channel``.
+    ``int8_compute_share``, ``has_per_channel``, ``custom_ops`` (ops that are not TFLite builtins).
     """
     path = Path(path)
     summary = inspect_tflite(path)
@@ -247,6 +247,7 @@ def analyze_tflite(path: str | Path) -> dict:
         "outputs": summary["outputs"],
         "int8_compute_share": summary["int8_compute_share"],
         "has_per_channel": summary["has_per_channel"],
+        "custom_ops": summary["custom_ops"],
     }
 
 

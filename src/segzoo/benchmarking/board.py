@@ -166,10 +166,16 @@ def board_row(path: Path, name: str, analysis: dict | None, board: object, runs:
     """One benchmark table row measured on the board of config section ``board`` (``benchmarking.board``);
     a board problem becomes the row's error, so that the other rows are still reported."""
     from segzoo.benchmarking.analysis import analyze_model
+    from segzoo.benchmarking.estimate import board_support
     from segzoo.benchmarking.report import new_row
     from segzoo.errors import SegzooError
 
-    row = new_row(path, "board", name, analysis or analyze_model(path))
+    analysis = analysis or analyze_model(path)
+    row = new_row(path, "board", name, analysis)
+    support = board_support(analysis.get("custom_ops", []), model=name)
+    if not support["loadable"]:  # the board's runtime would refuse it: no upload
+        row.update(error=support["warning"], board_loadable=False, warnings=[support["warning"]])
+        return row
     try:
         target = BoardTarget.from_section(board)
         result = benchmark_on_board(path, target, remote_dir=board.remote_dir, runs=runs, python=board.python)

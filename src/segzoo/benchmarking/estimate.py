@@ -12,6 +12,9 @@ without touching code. In short (the data file has the full text and the sources
   headline is the time share in percent (ST's published ``%NPU`` columns are shares of time).
 - **calibration**: :func:`calibrate` solves the four NPU/GPU rates from ST's two published measurements (see
   ``calibration`` in the data file); the result is stored in the data file.
+- **loadability** (:func:`board_support`): X-LINUX-AI's TFLite runtime knows the builtin ops and a few custom ones
+  (``board_runtime`` in the data file). A model with any other custom op cannot be loaded on the board at all: the
+  estimate still places that op on the CPU, but says the model is not loadable (``board_loadable``, ``warnings``).
 
 This is an estimate from published figures, not a measurement: the board stack (ovxlib graph optimisations, op
 fusion, memory placement) can differ per model.
@@ -37,17 +40,73 @@ TARGET = "stm32mp2_estimate"
 
 # ------------------------------------------------------------------------------------------------- rules
 def load_rules(path: str | Path | None = None) -> dict:
-    """The rules/throughput data file (default: ``stm32mp2.json`` next to this module); ConfigError if unusable."""
+    """The rules/throughput data file (default: ``stm32mp2.json`` next to this module); ConfigError naming the file
+    and the first bad entry if unusable (see :func:`rules_problems`)."""
     path = Path(path) if path is not None else DEFAULT_RULES
     try:
         rules = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read the STM32MP2 rules file: {exc}") from exc
-    for key in ("placement", "latency_model", "calibration"):
-        if key not in rules:
-            raise ConfigError(f"{path}: the STM32MP2 rules file has no '{key}' section")
+    problems = rules_problems(rules)
+    if problems:
+        raise ConfigError(f"{path}: the STM32MP2 rules file is not usable: {'; '.join(problems[:5])}")
     rules["_path"] = str(path)
     return rules
+
+
+RATE_KEYS: tuple[tuple[str, ...], ...] = (
+    ("npu", "mac_efficiency"), ("npu", "elementwise_per_s_at_800mhz"), ("gpu", "mac_efficiency"),
+    ("gpu", "elementwise_per_s"), ("cpu", "mac_efficiency"), ("cpu", "elementwise_per_s"))
+"""``latency_model`` figures that may be null until calibrated (:func:`calibrate`), positive otherwise."""
+FIGURE_KEYS: tuple[tuple[str, ...], ...] = (
+    ("gpu", "peak_gflops"), ("cpu", "cores"), ("cpu", "ghz"), ("cpu", "macs_per_cycle_per_core"),
+    ("transfer", "dram_bytes_per_s"))
+"""``latency_model`` figures that must be positive numbers."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _at(data: object, keys: tuple[str, ...]) -> object:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _is_names(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def rules_problems(rules: object) -> list[str]:
+    """What makes a rules file unusable: a missing section, a list of op names that is not one, a figure that is
+    not a positive number (``latency_model``); empty when it is usable."""
+    if not isinstance(rules, dict):
+        return ["it is not a JSON object"]
+    problems = [f"'{key}' is not a section" for key in ("placement", "latency_model", "calibration")
+                if not isinstance(rules.get(key), dict)]
+    if problems:
+        return problems
+    placement, model = rules["placement"], rules["latency_model"]
+    if not _is_names(placement.get("stack_ops")):
+        problems.append("placement.stack_ops is not a list of op names")
+    if not (isinstance(placement.get("npu_ops"), dict) or _is_names(placement.get("npu_ops"))):
+        problems.append("placement.npu_ops is neither a mapping nor a list of op names")
+    peaks = _at(model, ("npu", "peak_tops"))
+    if not isinstance(peaks, dict) or not peaks or not all(_is_number(v) and v > 0 for v in peaks.values()):
+        problems.append("latency_model.npu.peak_tops is not a mapping of NPU clocks to positive TOPS")
+    for keys in RATE_KEYS + FIGURE_KEYS:
+        value = _at(model, keys)
+        if (value is None and keys in RATE_KEYS) or (_is_number(value) and value > 0):
+            continue
+        problems.append(f"latency_model.{'.'.join(keys)} must be a positive number, got {value!r}")
+    switch = _at(model, ("transfer", "per_switch_ms"))
+    if not (_is_number(switch) and switch >= 0):
+        problems.append(f"latency_model.transfer.per_switch_ms must be a number >= 0, got {switch!r}")
+    runtime = rules.get("board_runtime")
+    if runtime is not None and not (isinstance(runtime, dict) and _is_names(runtime.get("custom_ops", []))):
+        problems.append("board_runtime.custom_ops is not a list of op names")
+    return problems
 
 
 def _npu_peak_tops(rules: dict, npu_mhz: int) -> float:
@@ -80,6 +139,35 @@ def unit_rates(rules: dict, npu_mhz: int = 800) -> dict[str, dict[str, float]]:
                 * _required(cpu, "mac_efficiency", rules),
                 "elementwise_rate": _required(cpu, "elementwise_per_s", rules)},
     }
+
+
+# ------------------------------------------------------------------------------------------- loadability
+def board_custom_ops(rules: dict | None = None) -> frozenset[str]:
+    """The custom ops X-LINUX-AI's runtime can load (``board_runtime.custom_ops``; built-in rules when absent)."""
+    section = (rules or {}).get("board_runtime") or load_rules().get("board_runtime", {})
+    return frozenset(section.get("custom_ops", ()))
+
+
+def board_support(custom_ops: list[str], rules: dict | None = None, model: str = "the model") -> dict:
+    """``{"loadable", "unloadable_ops", "warning"}`` for a model whose non-builtin ops are ``custom_ops``."""
+    unknown = sorted(set(custom_ops) - board_custom_ops(rules))
+    warning = None
+    if unknown:
+        warning = (f"{model} is not loadable on the board: custom op(s) {', '.join(unknown)} have no kernel in "
+                   "X-LINUX-AI's TFLite runtime, which refuses to load the whole model (the estimate places them "
+                   "on the CPU only to give a figure). Replace them with builtin ops: for a float .tflite, "
+                   "segzoo's quantization modes rebuild MediaPipe's Convolution2DTransposeBias as TRANSPOSE_CONV")
+    return {"loadable": not unknown, "unloadable_ops": unknown, "warning": warning}
+
+
+def check_loadable_on_board(path: str | Path) -> None:
+    """ModelError naming the ops when X-LINUX-AI's runtime cannot load the ``.tflite`` at ``path``."""
+    from segzoo.litert.flatbuffer import read_flatbuffer
+
+    custom = sorted({op.name for op in read_flatbuffer(path).operators if op.custom})
+    support = board_support(custom, model=str(path))
+    if not support["loadable"]:
+        raise ModelError(support["warning"])
 
 
 # --------------------------------------------------------------------------------------------- placement
@@ -147,6 +235,7 @@ def estimate_analysis(analysis: dict, rules: dict, npu_mhz: int = 800) -> dict:
     unit_ms = {unit: sum((r["time_ms"] for r in rows if r["unit"] == unit), 0.0) for unit in UNITS}
     transfer_ms = sum(r["transfer_ms"] for r in rows)
     time_share = _shares(rows, "time_ms")
+    support = board_support(analysis.get("custom_ops", []), rules, Path(analysis["path"]).name)
     return {
         "target": TARGET,
         "board": rules.get("board", "STM32MP257"),
@@ -168,6 +257,9 @@ def estimate_analysis(analysis: dict, rules: dict, npu_mhz: int = 800) -> dict:
         "op_types_by_unit": {unit: dict(Counter(r["name"] for r in rows if r["unit"] == unit)) for unit in UNITS},
         "ops": rows,
         "rules": {"path": rules["_path"], "version": rules.get("version")},
+        "board_loadable": support["loadable"],
+        "unloadable_ops": support["unloadable_ops"],
+        "warnings": [support["warning"]] if support["warning"] else [],
     }
 
 
@@ -178,7 +270,8 @@ def estimate_stm32mp2(path: str | Path, *, npu_mhz: int = 800, rules_path: str |
     ``peak_activation_bytes``, ``latency_ms`` (units + transfers), ``unit_ms``, ``transfer_ms``, ``switches``,
     ``shares`` (``ops``/``macs``/``time`` -> fraction per unit), ``npu_pct``/``gpu_pct``/``cpu_pct`` (time shares in
     %), ``primary_unit``, ``op_types_by_unit``, ``ops`` (per op: ``index``, ``name``, ``tensor``, ``unit``, ``reason``,
-    ``macs``, ``elementwise``, ``switch``, ``crossing_bytes``, ``time_ms``, ``transfer_ms``), ``rules``.
+    ``macs``, ``elementwise``, ``switch``, ``crossing_bytes``, ``time_ms``, ``transfer_ms``), ``rules``,
+    ``board_loadable`` (False when X-LINUX-AI's runtime cannot load the model), ``unloadable_ops``, ``warnings``.
     ModelError for a file that is not a readable ``.tflite``; ConfigError for a bad clock or rules file.
     """
     if Path(path).suffix.lower() != ".tflite":
@@ -189,6 +282,8 @@ def estimate_stm32mp2(path: str | Path, *, npu_mhz: int = 800, rules_path: str |
     result = estimate_analysis(analyze_tflite(path), rules, npu_mhz)
     log.info("%s on STM32MP257 (NPU %d MHz): %.1f ms estimated, %.1f%% NPU / %.1f%% GPU / %.1f%% CPU (time)",
              Path(path).name, npu_mhz, result["latency_ms"], result["npu_pct"], result["gpu_pct"], result["cpu_pct"])
+    for warning in result["warnings"]:
+        log.warning("%s", warning)
     return result
 
 

@@ -4,9 +4,11 @@ A *row* is one model on one target (``host`` or ``stm32mp2_estimate``), made by 
 :func:`benchmark_models`. Its flat keys feed the table: ``model``, ``path``, ``target``, ``precision``, ``device``,
 ``runtime``, ``latency_ms``, ``latency_p90_ms`` (host only), ``peak_memory_bytes``, ``peak_memory_kind``,
 ``primary_unit``, ``npu_pct``/``gpu_pct``/``cpu_pct`` (estimate only), ``macs``, ``params``, ``size_bytes``,
-``error`` (None, or why this target failed for this model; the other targets are still reported) and ``details``
-(the target's full result: latency statistics, or the per-op placement). Rows of :func:`benchmark_models` also
-carry ``analysis`` (:func:`segzoo.benchmarking.analysis.analyze_model` without its per-op and per-tensor lists).
+``error`` (None, or why this target failed for this model; the other targets are still reported), ``details``
+(the target's full result: latency statistics, or the per-op placement), ``board_loadable`` (False when
+X-LINUX-AI's runtime cannot load the model, e.g. an unknown custom op; None when not known) and ``warnings``. Rows
+of :func:`benchmark_models` also carry ``analysis`` (:func:`segzoo.benchmarking.analysis.analyze_model` without its
+per-op and per-tensor lists).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from matplotlib.figure import Figure
 
 from segzoo.benchmarking.analysis import analyze_model
 from segzoo.benchmarking.estimate import TARGET as ESTIMATE_TARGET
-from segzoo.benchmarking.estimate import estimate_stm32mp2
+from segzoo.benchmarking.estimate import board_support, estimate_stm32mp2
 from segzoo.benchmarking.host import TARGET as HOST_TARGET
 from segzoo.benchmarking.host import benchmark_host
 from segzoo.errors import ConfigError, SegzooError
@@ -45,7 +47,7 @@ def new_row(path: Path, target: str, name: str | None, analysis: dict | None) ->
             "latency_p90_ms": None, "peak_memory_bytes": None, "peak_memory_kind": None, "primary_unit": None,
             "npu_pct": None, "gpu_pct": None, "cpu_pct": None, "macs": analysis.get("macs"),
             "params": analysis.get("params"), "size_bytes": analysis.get("size_bytes"), "error": None,
-            "details": None}
+            "details": None, "board_loadable": None, "warnings": []}
 
 
 def _host_fields(result: dict) -> dict:
@@ -100,12 +102,27 @@ def benchmark_models(paths: Sequence[str | Path], targets: Sequence[str] = TARGE
             analysis, error = analyze_model(path), None
         except SegzooError as exc:
             analysis, error = None, str(exc)
+        support = _board_support(analysis, name or Path(path).stem)
         for target in targets:
             row = (run_target(path, target, name=name, analysis=analysis, **options) if error is None
                    else {**new_row(Path(path), target, name, None), "error": error})
             row["analysis"] = _analysis_summary(analysis)
+            if support is not None:
+                row["board_loadable"] = support["loadable"]
+                row["warnings"] = [support["warning"]] if support["warning"] else []
             rows.append(row)
     return rows
+
+
+def _board_support(analysis: dict | None, name: str) -> dict | None:
+    """Whether the board can load an analysed ``.tflite`` (None for a Keras model or a failed analysis); a
+    warning is logged when it cannot."""
+    if analysis is None or analysis.get("format") != "tflite":
+        return None
+    support = board_support(analysis.get("custom_ops", []), model=name)
+    if support["warning"]:
+        log.warning("%s", support["warning"])
+    return support
 
 
 def _analysis_summary(analysis: dict | None) -> dict | None:
@@ -134,7 +151,8 @@ def _latency(row: dict) -> str:
     if row["latency_ms"] is None:
         return "—"
     p90 = f" (p90 {row['latency_p90_ms']:.2f})" if row["latency_p90_ms"] is not None else " (estimate)"
-    return f"{row['latency_ms']:.2f} ms{p90}"
+    flag = " ⚠ **not loadable on the board**" if row.get("board_loadable") is False else ""
+    return f"{row['latency_ms']:.2f} ms{p90}{flag}"
 
 
 def _macs(value: int | None) -> str:
@@ -186,6 +204,9 @@ def report_markdown(rows: list[dict]) -> str:
              "Host rows: median and p90 of the timed runs in a fresh process per model; peak memory is that "
              "process's peak RSS. Estimate rows: static STM32MP257 estimate (segzoo.benchmarking.estimate, rules "
              "and sources in stm32mp2.json); %NPU/%GPU/%CPU are shares of the estimated time.", ""]
+    warned = list(dict.fromkeys(w for r in rows for w in r.get("warnings") or []))
+    if warned:
+        lines += ["## Warnings", ""] + [f"- ⚠ {_cell(w)}" for w in warned] + [""]
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["## Failures", ""] + [f"- {r['model']} / {r['target']}: {_cell(r['error'])}" for r in failed] + [""]

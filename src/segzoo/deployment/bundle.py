@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
@@ -25,8 +24,9 @@ from types import ModuleType
 import numpy as np
 
 from segzoo import __version__
+from segzoo.benchmarking.estimate import check_loadable_on_board
 from segzoo.errors import ConfigError, ModelError, SegzooError
-from segzoo.io import write_json, write_text
+from segzoo.io import copy_file, staging_dir, verified, write_json, write_text
 from segzoo.preprocess import Preprocessing
 from segzoo.runners import Runner, check_output_classes, load_runner
 from segzoo.runtime.litert import LiteRTRunner
@@ -59,11 +59,14 @@ def build_bundle(model_path: str | Path, out_dir: str | Path, *, class_names: li
 
     ``preprocessing`` is ``Preprocessing.to_dict()``; ``label_file`` (optional) is shipped as ``labels.txt``
     and must list as many names as ``class_names``. The model is loaded once to check that its input channels
-    match the colour mode and its outputs match the class names.
+    match the colour mode and its outputs match the class names. A model with a custom op that X-LINUX-AI's runtime
+    has no kernel for is refused (ModelError naming the op): the board could not load it, and segzoo does not ship
+    op kernels.
     """
     if not _APP_NAME.fullmatch(app_name or ""):
         raise ConfigError(f"app name {app_name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
     model_path = _existing(model_path, ".tflite")
+    check_loadable_on_board(model_path)
     nb_path = _existing(nb_model, ".nb") if nb_model is not None else None
     pp = _preprocessing(preprocessing)
     labels_text = _labels_text(class_names, label_file)
@@ -72,8 +75,9 @@ def build_bundle(model_path: str | Path, out_dir: str | Path, *, class_names: li
 
     def fill(stage: Path) -> tuple[list[Path], dict]:
         files = [_copy(model_path, stage), *([_copy(nb_path, stage)] if nb_path else [])]
-        files.append(write_text(stage / LABELS, labels_text))
-        files.append(write_json(stage / PREPROCESSING, _preprocessing_json(runner, pp, len(class_names))))
+        files.append(write_text(stage / LABELS, labels_text, checksum=False))
+        files.append(write_json(stage / PREPROCESSING, _preprocessing_json(runner, pp, len(class_names)),
+                                checksum=False))
         files.extend(_copy(BOARD_APP_DIR / name, stage) for name in BOARD_APP_FILES)
         return files, {"model": model_path.name, "nb_model": nb_path.name if nb_path else None}
 
@@ -92,6 +96,8 @@ def build_pose_bundle(preset: PosePreset, detector: str | Path, landmark: str | 
     if not _APP_NAME.fullmatch(app_name or ""):
         raise ConfigError(f"app name {app_name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
     models = {"detector": _existing(detector, ".tflite"), "landmark": _existing(landmark, ".tflite")}
+    for model in models.values():
+        check_loadable_on_board(model)
     unknown = sorted(set(nb_models or {}) - set(models))
     if unknown:
         raise ConfigError(f"nb_models: unknown role(s) {unknown}; use detector and landmark")
@@ -103,7 +109,7 @@ def build_pose_bundle(preset: PosePreset, detector: str | Path, landmark: str | 
 
     def fill(stage: Path) -> tuple[list[Path], dict]:
         files = [_copy(path, stage) for path in (*models.values(), *nbs.values())]
-        files.append(write_json(stage / POSE_CONFIG, preset.to_dict()))
+        files.append(write_json(stage / POSE_CONFIG, preset.to_dict(), checksum=False))
         files.extend(_copy(BOARD_APP_DIR / name, stage) for name in POSE_APP_FILES)
         return files, {"model": None, "nb_model": None, "entry": "pose.py",
                        "models": {role: path.name for role, path in models.items()},
@@ -115,11 +121,11 @@ def build_pose_bundle(preset: PosePreset, detector: str | Path, landmark: str | 
 def _staged_bundle(out_dir: Path, app_name: str, fill) -> Path:
     """Write the files ``fill(stage)`` returns and the manifest in a staging folder, then rename it into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{app_name}.", dir=out_dir))
+    stage = staging_dir(out_dir, app_name)
     try:
         files, entries = fill(stage)
         write_json(stage / MANIFEST, {**_manifest(stage, files, app_name, entries["model"], entries["nb_model"]),
-                                      **entries})
+                                      **entries}, checksum=False)
         bundle = out_dir / app_name
         _replace_dir(stage, bundle)
     except BaseException:
@@ -156,7 +162,7 @@ def _existing(path: str | Path, suffix: str) -> Path:
         raise ModelError(f"{path}: expected a {suffix} file")
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
-    return path
+    return verified(path)
 
 
 def _preprocessing(preprocessing: dict) -> Preprocessing:
@@ -205,9 +211,8 @@ def _preprocessing_json(runner: Runner, pp: Preprocessing, num_classes: int) -> 
 
 
 def _copy(source: Path, directory: Path) -> Path:
-    target = directory / source.name
-    shutil.copy2(source, target)
-    return target
+    """Copy into the bundle (the manifest holds the checksums; a source with a sha256 sidecar is checked)."""
+    return copy_file(source, directory / source.name, checksum=False)
 
 
 def _manifest(stage: Path, files: list[Path], app_name: str, model: str, nb_model: str | None) -> dict:
@@ -231,7 +236,7 @@ def _replace_dir(new: Path, target: Path) -> None:
     if not target.exists():
         os.replace(new, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    old = staging_dir(target.parent, f"{target.name}.old")
     os.replace(target, old / target.name)
     try:
         os.replace(new, target)

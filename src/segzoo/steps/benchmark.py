@@ -41,7 +41,9 @@ def benchmark(ctx: RunContext) -> None:
             logger.info("%s on %s: %.2f ms%s", row["model"], row["target"], row["latency_ms"],
                         f" ({row['npu_pct']:.1f}% NPU)" if row.get("npu_pct") is not None else "")
     ctx.summary["benchmark"] = {"report": str(files.get("json")), "rows": len(rows),
-                                "failed": sum(bool(r["error"]) for r in rows)}
+                                "failed": sum(bool(r["error"]) for r in rows),
+                                "not_loadable_on_board": sorted({r["model"] for r in rows
+                                                                 if r.get("board_loadable") is False})}
     ctx.tracker.log_metrics(benchmark_metrics(rows))
     for path in files.values():
         ctx.tracker.log_artifact(path, "benchmark")
