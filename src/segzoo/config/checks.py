@@ -6,6 +6,7 @@ import difflib
 from pathlib import Path
 from types import MappingProxyType
 
+from segzoo.config.ranges import check_ranges
 from segzoo.config.schema import Config
 from segzoo.data import SYNTHETIC_DATASET as SYNTHETIC
 from segzoo.errors import ConfigError, ModelError, SegzooError
@@ -18,7 +19,7 @@ SPLITS = ("training", "validation", "test", "quantization")
 
 def check_values(cfg: Config) -> list[str]:
     """Range and consistency checks that need no file system access."""
-    errors: list[str] = []
+    errors: list[str] = check_ranges(cfg)
     if cfg.operation_mode not in MODES:
         close = difflib.get_close_matches(cfg.operation_mode, list(MODES), n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
@@ -35,38 +36,6 @@ def check_values(cfg: Config) -> list[str]:
             errors.append(str(exc))
     if cfg.preprocessing.rescaling.scale == 0:
         errors.append("preprocessing.rescaling.scale: must not be 0")
-    errors += _check_quantization_values(cfg)
-    if not 0.0 <= cfg.prediction.overlay_alpha <= 1.0:
-        errors.append("prediction.overlay_alpha: must be between 0 and 1")
-    for key, value in (("evaluation.max_images", cfg.evaluation.max_images),
-                       ("prediction.max_images", cfg.prediction.max_images),
-                       ("general.num_threads_tflite", cfg.general.num_threads_tflite)):
-        if value is not None and value < 1:
-            errors.append(f"{key}: must be at least 1, got {value}")
-    return errors
-
-
-def _check_quantization_values(cfg: Config) -> list[str]:
-    q, errors = cfg.quantization, []
-    if q.calibration_images < 1:
-        errors.append(f"quantization.calibration_images: must be at least 1, got {q.calibration_images}")
-    mp = q.mixed_precision
-    if mp.max_miou_drop < 0:
-        errors.append(f"quantization.mixed_precision.max_miou_drop: must not be negative, got {mp.max_miou_drop}")
-    if mp.max_float_layers < 1 and mp.auto:
-        errors.append("quantization.mixed_precision.max_float_layers: must be at least 1 with auto")
-    if mp.validation_images is not None and mp.validation_images < 1:
-        errors.append("quantization.mixed_precision.validation_images: must be at least 1")
-    if not 50.0 <= q.activation_percentile <= 100.0:
-        errors.append(f"quantization.activation_percentile: must be in [50, 100], got {q.activation_percentile}")
-    if q.adaround_iterations < 1:
-        errors.append(f"quantization.adaround_iterations: must be at least 1, got {q.adaround_iterations}")
-    if q.qat.epochs < 1:
-        errors.append(f"quantization.qat.epochs: must be at least 1, got {q.qat.epochs}")
-    if q.qat.learning_rate <= 0:
-        errors.append(f"quantization.qat.learning_rate: must be positive, got {q.qat.learning_rate}")
-    if q.qat.steps_per_epoch is not None and q.qat.steps_per_epoch < 1:
-        errors.append("quantization.qat.steps_per_epoch: must be at least 1")
     return errors
 
 
@@ -87,12 +56,6 @@ def num_classes(cfg: Config) -> int | None:
 
 def _check_dataset(cfg: Config) -> list[str]:
     ds, errors = cfg.dataset, []
-    if not 0.0 < ds.validation_split < 1.0:
-        errors.append(f"dataset.validation_split: must be between 0 and 1 (exclusive), got {ds.validation_split}")
-    if ds.quantization_split is not None and not 0.0 < ds.quantization_split <= 1.0:
-        errors.append(f"dataset.quantization_split: must be in (0, 1], got {ds.quantization_split}")
-    if not 0 <= ds.ignore_index <= 255:
-        errors.append(f"dataset.ignore_index: must be in 0..255, got {ds.ignore_index}")
     if ds.class_names is not None and len(ds.class_names) < 2:
         errors.append("dataset.class_names: at least 2 classes are needed")
     if ds.class_names and len(set(ds.class_names)) != len(ds.class_names):
@@ -110,6 +73,9 @@ def _check_dataset(cfg: Config) -> list[str]:
         if default is not None and not (0 <= default < n or default == ds.ignore_index):
             errors.append(f"dataset.class_mapping_default: {default} is neither a class index (0..{n - 1}) "
                           f"nor dataset.ignore_index ({ds.ignore_index})")
+    bad_keys = sorted(k for k in (ds.class_mapping or {}) if not 0 <= k <= 65535)
+    if bad_keys:
+        errors.append(f"dataset.class_mapping: mask values {bad_keys[:5]} cannot occur (masks hold 0..65535)")
     if ds.class_mapping_default is not None and ds.class_mapping is None:
         errors.append("dataset.class_mapping_default: only used together with dataset.class_mapping")
     return errors
@@ -117,23 +83,12 @@ def _check_dataset(cfg: Config) -> list[str]:
 
 def _check_training(cfg: Config) -> list[str]:
     tr, errors = cfg.training, []
-    for key in ("batch_size", "epochs"):
-        if getattr(tr, key) < 1:
-            errors.append(f"training.{key}: must be at least 1, got {getattr(tr, key)}")
-    if tr.steps_per_epoch is not None and tr.steps_per_epoch < 1:
-        errors.append(f"training.steps_per_epoch: must be at least 1, got {tr.steps_per_epoch}")
-    if tr.early_stopping_patience is not None and tr.early_stopping_patience < 1:
-        errors.append(f"training.early_stopping_patience: must be at least 1, got {tr.early_stopping_patience}")
-    if tr.optimizer.learning_rate <= 0:
-        errors.append(f"training.optimizer.learning_rate: must be positive, got {tr.optimizer.learning_rate}")
     if tr.lr_schedule.name == "reduce_on_plateau" and tr.lr_schedule.warmup_epochs:
         errors.append("training.lr_schedule.warmup_epochs: not available with reduce_on_plateau")
     n = num_classes(cfg)
     if isinstance(tr.class_weights, list):
         if n is not None and len(tr.class_weights) != n:
             errors.append(f"training.class_weights: {len(tr.class_weights)} weights given for {n} classes")
-        if any(w < 0 for w in tr.class_weights):
-            errors.append("training.class_weights: weights must not be negative")
     return errors
 
 
@@ -141,7 +96,7 @@ def _check_model(cfg: Config) -> list[str]:
     """The input shape against the preprocessing (the family's own rules ran when its params were built)."""
     shape = cfg.training.model.input_shape
     if len(shape) != 3 or min(shape) < 1:
-        return [f"training.model.input_shape: expected [height, width, channels], got {shape}"]
+        return []  # reported when the family's params were built
     channels = 1 if cfg.preprocessing.color_mode == "grayscale" else 3
     if shape[2] != channels:
         return [f"training.model.input_shape: {shape[2]} channels but preprocessing.color_mode "
@@ -233,6 +188,13 @@ def _needs_deployable_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> l
     dep, errors = cfg.deployment, []
     if "quantize" not in steps and _model_suffix(cfg) not in (None, ".tflite"):
         errors.append("general.model_path: deployment needs a .tflite model (or use operation_mode chain_qd)")
+    if "quantize" not in steps and _model_suffix(cfg) == ".tflite" and Path(cfg.general.model_path).is_file():
+        from segzoo.benchmarking.estimate import check_loadable_on_board
+
+        try:
+            check_loadable_on_board(cfg.general.model_path)
+        except ModelError as exc:
+            errors.append(f"general.model_path: {exc}")
     errors += _exists("deployment.label_file_path", dep.label_file_path, "file")
     errors += _exists("tools.stedgeai.path_to_stedgeai", cfg.tools.stedgeai.path_to_stedgeai, "file")
     if dep.launch and not dep.hardware_setup.ip_address:

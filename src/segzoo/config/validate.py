@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import re
 import types
 import typing
@@ -175,13 +176,20 @@ def _convert_scalar(value: Any, tp: type) -> Any:
         raise _Invalid(f"expected an integer, got {_fmt(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and (m := _FRACTION.match(value)):
+            try:
+                number = float(value)
+            except OverflowError:
+                raise _Invalid(f"number too large: {value}") from None
+        elif isinstance(value, str) and (m := _FRACTION.match(value)):
             num, den = float(m.group(1)), float(m.group(2) or 1.0)
             if den == 0:
                 raise _Invalid(f"division by zero in {_fmt(value)}")
-            return num / den
-        raise _Invalid(f"expected a number (e.g. 0.5 or 1/127.5), got {_fmt(value)}")
+            number = num / den
+        else:
+            raise _Invalid(f"expected a number (e.g. 0.5 or 1/127.5), got {_fmt(value)}")
+        if not math.isfinite(number):
+            raise _Invalid(f"expected a finite number, got {_fmt(value)}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -205,8 +213,28 @@ def _build_family_params(data: Any, path: str, errors: list[str]) -> ModelParams
         errors.append(f"{path}.name: {exc}")
         return get_family(DEFAULT_FAMILY).params()
     params = _build(family.params, data, path, errors)
+    shape_problem = _input_shape_problem(params.input_shape)
+    if shape_problem:  # the family's own checks assume a usable shape
+        errors.append(f"{path}.input_shape: {shape_problem}")
+        return params
     errors.extend(f"{path}.{problem}" for problem in params.check())
     return params
+
+
+MAX_INPUT_SIZE = 4096
+"""Largest model input height or width a config may ask for."""
+
+
+def _input_shape_problem(shape: list[int]) -> str | None:
+    """What is wrong with a ``training.model.input_shape`` (every family's), or None."""
+    if len(shape) != 3:
+        return f"expected [height, width, channels], got {shape}"
+    height, width, channels = shape
+    if not (1 <= height <= MAX_INPUT_SIZE and 1 <= width <= MAX_INPUT_SIZE):
+        return f"height and width must be in 1..{MAX_INPUT_SIZE}, got {height}x{width}"
+    if channels not in (1, 3):
+        return f"channels must be 1 (grayscale) or 3 (RGB), got {channels}"
+    return None
 
 
 def _unknown_key(cls: type, key_path: str, errors: list[str]) -> None:
