@@ -30,6 +30,7 @@ import _compat_pickle
 import codecs
 import logging
 import pickletools
+import struct
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -152,6 +153,7 @@ def read_ops(stream: BinaryIO) -> list[tuple[str, Any, int]]:
     latin-1, like ``pickle.load(..., encoding="latin1")``, so Python 2 byte strings survive.
     """
     ops: list[tuple[str, Any, int]] = []
+    end = _end_of(stream)
     while True:
         pos = stream.tell()
         code = stream.read(1)
@@ -161,13 +163,55 @@ def read_ops(stream: BinaryIO) -> list[tuple[str, Any, int]]:
         if op is None:
             raise ValueError(f"unknown pickle opcode {code!r} at byte {pos}")
         try:
+            _check_length(op, stream, end)
             arg = _read_arg(op, stream)
-        except (ValueError, AssertionError, UnicodeDecodeError, OverflowError) as exc:
+        except _LengthBeyondEnd as exc:
+            raise ValueError(f"bad argument of pickle opcode {op.name} at byte {pos} (the data ends there: "
+                             f"truncated file?): {exc}") from exc
+        except (ValueError, AssertionError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
             truncated = " (the data ends there: truncated file?)" if not stream.read(1) else ""
             raise ValueError(f"bad argument of pickle opcode {op.name} at byte {pos}{truncated}: {exc}") from exc
         ops.append((op.name, arg, pos))
         if op.name == "STOP":
             return ops
+
+
+class _LengthBeyondEnd(ValueError):
+    """An argument length that runs past the end of the data."""
+
+
+_LENGTH_PREFIXES = {pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1), pickletools.TAKEN_FROM_ARGUMENT4: ("<i", 4),
+                    pickletools.TAKEN_FROM_ARGUMENT4U: ("<I", 4), pickletools.TAKEN_FROM_ARGUMENT8U: ("<Q", 8)}
+"""How opcodes with a length-prefixed argument (BINBYTES8, BINUNICODE, ...) store that length."""
+
+
+def _end_of(stream: BinaryIO) -> int | None:
+    """The stream's size when it can seek (to refuse lengths that run past it), else None."""
+    try:
+        if not stream.seekable():
+            return None
+        here = stream.tell()
+        end = stream.seek(0, 2)
+        stream.seek(here)
+        return end
+    except (OSError, AttributeError):
+        return None
+
+
+def _check_length(op: pickletools.OpcodeInfo, stream: BinaryIO, end: int | None) -> None:
+    """ValueError when an argument declares more bytes than the stream holds (a damaged length would otherwise
+    make the reader allocate that much)."""
+    prefix = _LENGTH_PREFIXES.get(op.arg.n) if op.arg is not None and end is not None else None
+    if prefix is None:
+        return
+    here = stream.tell()
+    raw = stream.read(prefix[1])
+    stream.seek(here)
+    if len(raw) == prefix[1]:
+        declared = struct.unpack(prefix[0], raw)[0]
+        if declared > end - here - prefix[1]:
+            raise _LengthBeyondEnd(f"the argument declares {declared} bytes but only {end - here - prefix[1]} "
+                                   "remain")
 
 
 def _read_arg(op: pickletools.OpcodeInfo, stream: BinaryIO) -> Any:

@@ -91,8 +91,12 @@ def read_id_list(files_path: str | Path, role: str = "dataset", name_suffix: str
     path = Path(files_path)
     if not path.is_file():
         raise DataError(f"{role}: id list file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{role}: cannot read the id list {path} (a UTF-8 text file, one id per line): {exc}") from exc
     ids = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
         if line:
             ids.append(_id_of(line, name_suffix))
