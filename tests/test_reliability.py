@@ -139,6 +139,28 @@ def test_prediction_of_only_unreadable_files_is_a_data_error(tmp_path) -> None:
     assert info.value.code == DataError.exit_code
 
 
+def test_pose_prediction_also_goes_on_past_unreadable_images(tmp_path) -> None:
+    from segzoo.tasks.pose_estimation.pipeline import PoseResult
+    from segzoo.tasks.pose_estimation.prediction import predict_poses
+
+    def estimate(image: np.ndarray) -> PoseResult:  # no person found: the files are still written
+        h, w = image.shape[:2]
+        return PoseResult(np.zeros((0, 33, 5), np.float32), np.zeros((0, 33, 2), np.float32),
+                          np.zeros((0, 33, 3), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
+                          np.zeros((0, 5), np.float32), np.zeros((0, h, w), np.float32), {})
+
+    good = tmp_path / "a.png"
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(good)
+    bad = tmp_path / "b.png"
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(bad)
+    truncate(bad, 0.5)
+    skipped: list[dict] = []
+    rows = predict_poses(estimate, [good, bad], tmp_path / "out", skipped=skipped)
+    assert [r["image"] for r in rows] == [good] and [s["item"] for s in skipped] == [str(bad)]
+    with pytest.raises(DataError, match="none of the 1 images"):
+        predict_poses(estimate, [bad], tmp_path / "out")
+
+
 # ---------------------------------------------------------------------------------------- issue failure 3
 def test_benchmark_says_a_custom_op_model_is_not_loadable_on_the_board(tmp_path, caplog) -> None:
     """Before: the custom op was placed on the CPU and a latency estimated without a word about loadability."""

@@ -106,7 +106,7 @@ def predict_images(runner: Runner, image_paths: list[Path], out_dir: Path, pp: P
     """
     out_dir = Path(out_dir)
     check_stems(image_paths)
-    skipped = [] if skipped is None else skipped
+    unreadable: list[dict] = []
     rows, rotated = [], 0
     for path in tqdm(image_paths, desc="Predicting", unit="img"):
         path = Path(path)
@@ -115,7 +115,7 @@ def predict_images(runner: Runner, image_paths: list[Path], out_dir: Path, pp: P
             image = read_image(path)
         except DataError as exc:
             log.warning("Skipped %s: %s", path, exc)
-            skipped.append({"item": str(path), "reason": str(exc)})
+            unreadable.append({"item": str(path), "reason": str(exc)})
             continue
         rotated += exif_orientation(path) != 1
         labels = predict_labels(runner, image, pp, len(class_names))
@@ -129,8 +129,10 @@ def predict_images(runner: Runner, image_paths: list[Path], out_dir: Path, pp: P
             "classes_present": [class_names[c] for c in np.unique(labels) if c != VOID],
             "seconds": time.perf_counter() - start,
         })
-    if not rows:
-        raise DataError(f"none of the {len(image_paths)} images can be read; first: {skipped[0]['reason']}")
+    if skipped is not None:
+        skipped.extend(unreadable)
+    if unreadable and not rows:
+        raise DataError(f"none of the {len(image_paths)} images can be read; first: {unreadable[0]['reason']}")
     if rotated:
         log.warning("%d image(s) carry an EXIF orientation tag (shown rotated or mirrored by viewers): they are "
                     "segmented, and their outputs written, in their stored orientation", rotated)

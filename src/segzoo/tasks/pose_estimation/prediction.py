@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from segzoo.data.loader import read_image
+from segzoo.errors import DataError
 from segzoo.io import write_json, write_with
 from segzoo.prediction import check_stems
 from segzoo.tasks.pose_estimation.keypoints import COCO_KEYPOINTS, MEDIAPIPE_CONNECTIONS, to_coco
@@ -74,19 +75,35 @@ def pose_json(result: PoseResult, image_path: Path, image_hw: tuple[int, int]) -
 
 
 def predict_poses(estimate: Callable[[np.ndarray], PoseResult], image_paths: Sequence[Path], out_dir: Path, *,
-                  min_visibility: float = 0.5, mask_alpha: float = 0.4) -> list[dict]:
-    """Write ``<stem>_pose.png`` (overlay) and ``<stem>_pose.json`` for each image; one summary row each."""
+                  min_visibility: float = 0.5, mask_alpha: float = 0.4, skipped: list[dict] | None = None) -> list[dict]:
+    """Write ``<stem>_pose.png`` (overlay) and ``<stem>_pose.json`` for each image; one summary row each.
+
+    As for segmentation (``segzoo.prediction``), an unreadable image is logged, appended to ``skipped`` and passed
+    over; a DataError only when no image can be read.
+    """
     out_dir = Path(out_dir)
     check_stems(list(image_paths))
+    unreadable: list[dict] = []
     rows = []
     for path in map(Path, image_paths):
         start = time.perf_counter()
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            log.warning("Skipped %s: %s", path, exc)
+            unreadable.append({"item": str(path), "reason": str(exc)})
+            continue
         result = estimate(image)
         overlay = Image.fromarray(render_poses(image, result, min_visibility=min_visibility, mask_alpha=mask_alpha))
-        overlay_path = write_with(out_dir / f"{path.stem}_pose.png", lambda tmp: overlay.save(tmp, format="PNG"))
-        json_path = write_json(out_dir / f"{path.stem}_pose.json", pose_json(result, path, image.shape[:2]))
+        overlay_path = write_with(out_dir / f"{path.stem}_pose.png", lambda tmp: overlay.save(tmp, format="PNG"),
+                                  checksum=False)
+        json_path = write_json(out_dir / f"{path.stem}_pose.json", pose_json(result, path, image.shape[:2]),
+                               checksum=False)
         rows.append({"image": path, "overlay": overlay_path, "json": json_path, "poses": len(result),
                      "seconds": time.perf_counter() - start})
+    if skipped is not None:
+        skipped.extend(unreadable)
+    if unreadable and not rows:
+        raise DataError(f"none of the {len(image_paths)} images can be read; first: {unreadable[0]['reason']}")
     log.info("Predicted poses on %d images into %s", len(rows), out_dir)
     return rows
