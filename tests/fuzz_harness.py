@@ -583,6 +583,94 @@ def _check_json(case: tuple, workdir: Path) -> tuple[str, str]:
     return _check_manifest(mutation, workdir)
 
 
+# ============================================================================ annotations: prompts, polygons
+_POINT = st.fixed_dictionaries({"x": st.floats(0, 500), "y": st.floats(0, 500), "label": st.sampled_from([0, 1])})
+
+
+@st.composite
+def _prompts_case(draw: Callable) -> tuple[dict, tuple | None]:
+    document = draw(st.dictionaries(st.sampled_from(["a.jpg", "b.png", "c d.jpg", "é.jpg"]),
+                                    st.lists(_POINT, min_size=1, max_size=4), min_size=1, max_size=3))
+    how = draw(st.sampled_from(["none", "delete", "wrong_type", "truncate", "not_an_object", "extra_field",
+                                "empty_list", "nan"]))
+    return document, (how, draw(st.integers(0, 10**6)), draw(st.sampled_from([None, "1", -1, 2, 1.5, [], {}, True])))
+
+
+def _check_prompts(case: tuple[dict, tuple], workdir: Path) -> tuple[str, str]:
+    from segzoo.tasks.promptable_segmentation.prompts import load_prompts
+
+    document, (how, pick, replacement) = case
+    path = workdir / "prompts.json"
+    if how == "none":
+        text = json.dumps(document)
+    elif how in ("extra_field", "empty_list", "nan"):
+        damaged = copy.deepcopy(document)
+        image = sorted(damaged)[pick % len(damaged)]
+        if how == "empty_list":
+            damaged[image] = []
+        else:
+            point = damaged[image][pick % len(damaged[image])]
+            point["x" if how == "nan" else "z"] = float("nan") if how == "nan" else 1
+        text = json.dumps(damaged)
+    else:
+        text, _ = _mutated_text(document, (how, pick, replacement))
+    path.write_text(text, encoding="utf-8")
+    try:
+        got = load_prompts(path)
+    except SegzooError as exc:
+        return (error_outcome(exc), "") if str(path) in str(exc) else (WRONG, f"file not named: {exc}")
+    try:
+        parsed = json.loads(text)
+        expected = {image: [(float(p["x"]), float(p["y"]), p["label"]) for p in points]
+                    for image, points in parsed.items()}
+        valid = all(isinstance(points, list) and points and all(
+            set(p) == {"x", "y", "label"} and all(_finite(p[k]) for k in ("x", "y")) and p["label"] in (0, 1)
+            and not isinstance(p["label"], bool) and isinstance(p["label"], int) for p in points)
+            for points in parsed.values())
+    except (AttributeError, TypeError, KeyError, ValueError):
+        valid = False
+    if not valid:
+        return WRONG, f"malformed prompts accepted: {text[:200]}"
+    return (CORRECT, "") if {k: [(p.x, p.y, p.label) for p in v] for k, v in got.items()} == expected else (
+        WRONG, "points differ")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+@st.composite
+def _polygons_case(draw: Callable) -> list[str]:
+    number = st.one_of(st.floats(0, 1), st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 3))
+    good = st.builds(lambda c, xy: " ".join([str(c), *map(str, xy)]), st.integers(0, 80),
+                     st.lists(st.floats(0, 1), min_size=6, max_size=12).filter(lambda v: len(v) % 2 == 0))
+    bad = st.one_of(st.text(max_size=20), st.builds(lambda v: " ".join(map(str, v)), st.lists(number, max_size=9)))
+    return draw(st.lists(st.one_of(good, good, bad, st.just("")), max_size=6))
+
+
+def _check_polygons(lines: list[str], workdir: Path) -> tuple[str, str]:
+    from segzoo.tasks.promptable_segmentation.dataset import read_polygons
+
+    path = workdir / "labels.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    try:
+        got = read_polygons(path)
+    except SegzooError as exc:
+        return (error_outcome(exc), "") if str(path) in str(exc) else (WRONG, f"file not named: {exc}")
+    expected = []
+    for line in (text for text in "\n".join(lines).splitlines() if text.strip()):
+        fields = line.split()
+        try:
+            class_id, values = int(fields[0]), [float(v) for v in fields[1:]]
+        except ValueError:
+            return WRONG, f"line {line!r} accepted"
+        if len(values) % 2 or len(values) < 6 or not all(0.0 <= v <= 1.0 for v in values):
+            return WRONG, f"line {line!r} accepted"
+        expected.append((class_id, values))
+    same = [(p.class_id, p.vertices.reshape(-1).tolist()) for p in got] == expected
+    return (CORRECT, "") if same else (WRONG, "polygons differ")
+
+
 # ================================================================================================ checkpoints
 HEADER_BYTES = {"torch_zip": 30, "torch_legacy": 13, "pdparams": 11, "tflite": 8}
 """The structural header of each format, which the format lets a reader check: the zip local file header, the legacy
@@ -653,6 +741,12 @@ def _check_tflite(case: tuple, workdir: Path) -> tuple[str, str]:
 
         sidecar_path(path).unlink()
     path.write_bytes(bytes(_damage(bytearray(path.read_bytes()), damage, pick, count, HEADER_BYTES["tflite"])))
+    for reader in _TFLITE_READERS:  # the other ways segzoo opens a .tflite must agree or fail clearly
+        try:
+            reader(path)
+        except SegzooError as exc:
+            if str(path) not in str(exc):
+                return WRONG, f"{reader.__name__}: file not named: {exc}"
     try:
         got = load_runner(path, num_threads=1).predict(x)
     except SegzooError as exc:
@@ -662,6 +756,28 @@ def _check_tflite(case: tuple, workdir: Path) -> tuple[str, str]:
     if got.shape != reference.shape or not np.array_equal(got, reference):
         return WRONG, "a damaged header gave different outputs"
     return CORRECT, ""
+
+
+def _read_flatbuffer(path: Path) -> Any:
+    from segzoo.litert.flatbuffer import quantization_problem, read_flatbuffer
+
+    return quantization_problem(read_flatbuffer(path))
+
+
+def _analyze(path: Path) -> Any:
+    from segzoo.benchmarking.analysis import analyze_model
+
+    return analyze_model(path)
+
+
+def _loadable(path: Path) -> Any:
+    from segzoo.benchmarking.estimate import check_loadable_on_board
+
+    return check_loadable_on_board(path)
+
+
+_TFLITE_READERS = (_read_flatbuffer, _analyze, _loadable)
+"""The config check of a float model, the benchmark analysis and the deployment check read .tflite files too."""
 
 
 # ==================================================================================================== sidecars
@@ -708,6 +824,12 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("json_files", "JSON segzoo reads: STM32MP2 rules, training state, bundle manifest; keys deleted, wrong "
          "types, truncated, not an object", "error naming the file (exit 2/4), a manifest that fails verification, "
          "or the same result when only metadata changed", _json_case, _check_json),
+    Kind("sam_prompts", "SAM point-prompt JSON: valid, fields missing or extra, wrong types, NaN, empty lists, "
+         "truncated, not an object", "the exact points, or error (exit 3) naming the file (and image and point)",
+         lambda: _prompts_case(), _check_prompts),
+    Kind("yolo_seg_labels", "YOLO-seg polygon label files: valid lines, text, odd counts, out-of-range, NaN",
+         "the exact polygons, or error (exit 3) naming the file and line", lambda: _polygons_case(),
+         _check_polygons),
     Kind("checkpoints", "official checkpoints (torch zip, torch legacy, Paddle) truncated or with a damaged header; "
          "segzoo-written ones with bits flipped anywhere", "error (exit 4) naming the file, or the very same "
          "weights (a header bit the format ignores); a segzoo-written file: always the error",

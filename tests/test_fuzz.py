@@ -7,7 +7,8 @@ import pytest
 from fuzz_harness import FAILURES, KINDS, run_kind
 
 EXAMPLES = {"config_values": 300, "images": 60, "truncated_images": 60, "masks": 60, "id_lists": 60,
-            "json_files": 60, "checkpoints": 60, "tflite": 60, "sha256_sidecars": 100}
+            "json_files": 60, "sam_prompts": 60, "yolo_seg_labels": 40, "checkpoints": 60, "tflite": 60,
+            "sha256_sidecars": 100}
 """Cases per kind in the quick suite (about 30 s in all on 2 CPU cores)."""
 
 

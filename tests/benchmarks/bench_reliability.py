@@ -34,7 +34,8 @@ from fuzz_harness import KINDS, outcome_table_markdown, run_kind, tallies_markdo
 from reliability_helpers import conv_model  # noqa: E402
 
 FUZZ_CASES = {"config_values": 3000, "images": 600, "truncated_images": 800, "masks": 800, "id_lists": 500,
-              "json_files": 800, "checkpoints": 800, "tflite": 600, "sha256_sidecars": 1000}
+              "json_files": 800, "sam_prompts": 600, "yolo_seg_labels": 400, "checkpoints": 800, "tflite": 600,
+              "sha256_sidecars": 1000}
 CLASSES = ["background", "disc", "box", "triangle", "ring"]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from segzoo.errors import ModelError
+from segzoo.io import verified
 from segzoo.runtime.base import TensorSpec, check_feeds
 
 
@@ -28,7 +29,7 @@ class KerasNamedRunner:
         import tensorflow as tf
 
         if isinstance(model, (str, Path)):
-            path = Path(model)
+            path = verified(model)
             try:
                 model = keras.saving.load_model(str(path), compile=False)
             except Exception as exc:  # any loader failure becomes a user-facing error naming the file

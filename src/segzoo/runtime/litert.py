@@ -66,7 +66,10 @@ class LiteRTRunner:
             else:
                 x = x.astype(detail["dtype"], copy=False)
             self._interpreter.set_tensor(detail["index"], x)
-        self._interpreter.invoke()
+        try:
+            self._interpreter.invoke()
+        except RuntimeError as exc:  # a model that loads but cannot run (corrupt or unsupported)
+            raise ModelError(f"{self.path}: inference failed: {exc}") from exc
         out = {}
         for detail, spec in zip(self._out, self.outputs):
             values = self._interpreter.get_tensor(detail["index"])

@@ -108,6 +108,9 @@ def _transfer_from_keras_file(model: "keras.Model", path: Path) -> None:
     from segzoo.models.analysis import iter_leaf_layers
     from segzoo.models.registry import custom_objects
 
+    from segzoo.io import verified
+
+    verified(path)
     try:
         source = keras.saving.load_model(path, compile=False, custom_objects=custom_objects())
     except Exception as exc:  # noqa: BLE001 - any load failure is a user-facing model problem
