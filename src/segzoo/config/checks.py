@@ -36,6 +36,18 @@ def check_values(cfg: Config) -> list[str]:
             errors.append(str(exc))
     if cfg.preprocessing.rescaling.scale == 0:
         errors.append("preprocessing.rescaling.scale: must not be 0")
+    errors += _check_pose_values(cfg)
+    return errors
+
+
+def _check_pose_values(cfg: Config) -> list[str]:
+    """Person-mask values that cannot both be a person and ignored (the numeric ranges are in ``ranges.py``)."""
+    masks, errors = cfg.pose_estimation.person_masks, []
+    if not masks.person_values:
+        errors.append("pose_estimation.person_masks.person_values: give at least one mask value of a person")
+    both = sorted(set(masks.person_values) & set(masks.ignore_values))
+    if both:
+        errors.append(f"pose_estimation.person_masks: values {both} are both person_values and ignore_values")
     return errors
 
 
@@ -185,7 +197,7 @@ def _needs_benchmark_targets(cfg: Config, mode: str, steps: tuple[str, ...]) -> 
 
 
 def _needs_deployable_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
-    dep, errors = cfg.deployment, []
+    errors = []
     if "quantize" not in steps and _model_suffix(cfg) not in (None, ".tflite"):
         errors.append("general.model_path: deployment needs a .tflite model (or use operation_mode chain_qd)")
     if "quantize" not in steps and _model_suffix(cfg) == ".tflite" and Path(cfg.general.model_path).is_file():
@@ -195,7 +207,12 @@ def _needs_deployable_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> l
             check_loadable_on_board(cfg.general.model_path)
         except ModelError as exc:
             errors.append(f"general.model_path: {exc}")
-    errors += _exists("deployment.label_file_path", dep.label_file_path, "file")
+    return errors + _exists("deployment.label_file_path", cfg.deployment.label_file_path, "file")
+
+
+def _needs_board_setup(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """The NPU compiler and the board of a deployment, when given, must be usable."""
+    dep, errors = cfg.deployment, []
     errors += _exists("tools.stedgeai.path_to_stedgeai", cfg.tools.stedgeai.path_to_stedgeai, "file")
     if dep.launch and not dep.hardware_setup.ip_address:
         errors.append("deployment.launch: needs deployment.hardware_setup.ip_address")
@@ -211,11 +228,105 @@ SEGMENTATION_REQUIREMENTS = MappingProxyType({
     "quantize": (_needs_model, _needs_float_model, _needs_classes, _needs_calibration_images),
     "predict": (_needs_model, _needs_classes, _needs_prediction_inputs),
     "benchmark": (_needs_model, _needs_benchmark_targets),
-    "deploy": (_needs_model, _needs_classes, _needs_deployable_model),
+    "deploy": (_needs_model, _needs_classes, _needs_deployable_model, _needs_board_setup),
 })
 """Semantic segmentation: step -> the checks of what it needs."""
 
-TASK_REQUIREMENTS = MappingProxyType({"semantic_segmentation": SEGMENTATION_REQUIREMENTS})
+
+# ----------------------------------------------------------------------------------------------- pose estimation
+def _pipeline_of(cfg: Config) -> object | None:
+    """The ``general.pipeline`` preset, or None when not set or unknown (``_check_pipeline`` reports that)."""
+    from segzoo.models.external import get_pipeline
+
+    try:
+        return get_pipeline(cfg.general.pipeline) if cfg.general.pipeline else None
+    except ConfigError:
+        return None
+
+
+def _needs_pipeline(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """A pipeline preset, and its files: ``general.model_path`` (a folder) or the preset's published sources."""
+    if steps == ("benchmark",) and cfg.benchmarking.models:
+        return []
+    from segzoo.models.external import PIPELINES
+
+    preset = _pipeline_of(cfg)
+    if preset is None:
+        return [f"general.pipeline: required for the {task_name(cfg)} task in operation_mode {mode} (known "
+                f"pipelines: {', '.join(sorted(PIPELINES))}); general.model_path is then the folder of its files"]
+    if not cfg.general.model_path and not getattr(preset, "sources", ()):
+        return [f"general.model_path: required for operation_mode {mode}: the folder holding "
+                f"{', '.join(preset.files)} ({preset.name} names no download location)"]
+    return []
+
+
+def _needs_keypoint_annotations(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """Evaluation images with a COCO keypoints file: the test split, else the validation split."""
+    ds, split = cfg.dataset, cfg.evaluation.split
+    if split == "auto":
+        split = "validation" if ds.validation_path or ds.validation_annotations_path else "test"
+    images, annotations = getattr(ds, f"{split}_path"), getattr(ds, f"{split}_annotations_path")
+    if images and annotations:
+        return []
+    return [f"dataset.{split}_annotations_path: {mode} needs COCO keypoint annotations: set dataset.{split}_path "
+            f"(the images folder) and dataset.{split}_annotations_path (the person_keypoints JSON file)"]
+
+
+def _needs_person_photos(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """Calibration photos of people (each network is calibrated on its own inputs made from them)."""
+    errors = []
+    if not cfg.dataset.quantization_path:
+        errors.append("dataset.quantization_path: quantization needs calibration photos of people (a folder of "
+                      "images; the detector is calibrated on them, the landmark model on the crops they give)")
+    if cfg.quantization.calibration_data == "random":
+        errors.append("quantization.calibration_data: random gives the landmark model no person crop; use dataset "
+                      "with dataset.quantization_path")
+    return errors
+
+
+def _needs_float_pipeline(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """Every file of the pipeline folder must be a float model (each is rebuilt as Keras to be quantized)."""
+    preset, folder = _pipeline_of(cfg), cfg.general.model_path
+    if preset is None or not folder or not Path(folder).is_dir():
+        return []
+    from segzoo.litert.flatbuffer import quantization_problem, read_flatbuffer
+
+    errors = []
+    for name in preset.files:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            problem = quantization_problem(read_flatbuffer(path))
+        except ModelError as exc:
+            errors.append(f"general.model_path: {exc}")
+            continue
+        if problem:
+            errors.append(f"general.model_path: {str(path)!r} is already quantized ({problem}) and cannot be "
+                          f"quantized again; give the folder of the float {preset.name} files")
+    return errors
+
+
+def _needs_network_float_layers(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """Float layers of a detector + landmark pipeline name their network: ``detector/<layer>``, ``landmark/<layer>``."""
+    bad = [name for name in cfg.quantization.mixed_precision.float_layers
+           if name.partition("/")[0] not in ("detector", "landmark") or not name.partition("/")[2]]
+    return [f"quantization.mixed_precision.float_layers: {bad} must name their network: 'detector/<layer>' or "
+            "'landmark/<layer>' (the quantization report lists the layers of both)"] if bad else []
+
+
+POSE_REQUIREMENTS = MappingProxyType({
+    "evaluate": (_needs_pipeline, _needs_keypoint_annotations),
+    "quantization_report": (_needs_pipeline, _needs_keypoint_annotations),
+    "quantize": (_needs_pipeline, _needs_float_pipeline, _needs_person_photos, _needs_network_float_layers),
+    "predict": (_needs_pipeline, _needs_prediction_inputs),
+    "benchmark": (_needs_pipeline, _needs_benchmark_targets),
+    "deploy": (_needs_pipeline, _needs_board_setup),
+})
+"""Pose estimation (a published detector + landmark pipeline, used as it is: no training step)."""
+
+TASK_REQUIREMENTS = MappingProxyType({"semantic_segmentation": SEGMENTATION_REQUIREMENTS,
+                                      "pose_estimation": POSE_REQUIREMENTS})
 """Task -> its step requirements; a mode needs what its steps need for the run's task (each problem once)."""
 
 
@@ -235,10 +346,36 @@ def check_mode(cfg: Config) -> list[str]:
     steps, mode = steps_for(cfg.operation_mode), cfg.operation_mode
     unsupported = [step for step in steps if step not in requirements]
     if unsupported:
-        return [f"operation_mode: {mode} runs {', '.join(unsupported)}, which the {task} task does not support"]
+        supported = [name for name, mode_steps in MODES.items() if set(mode_steps) <= set(requirements)]
+        return [f"operation_mode: {mode} runs {', '.join(unsupported)}, which the {task} task does not support; "
+                f"its modes are {', '.join(supported)}"]
     checks = dict.fromkeys(check for step in steps for check in requirements[step])
-    errors = _check_paths(cfg) + [error for check in checks for error in check(cfg, mode, steps)]
+    errors = (_check_pipeline(cfg, task) + _check_paths(cfg, task)
+              + [error for check in checks for error in check(cfg, mode, steps)])
     return list(dict.fromkeys(errors))
+
+
+def task_name(cfg: Config) -> str:
+    """The run's task (``segzoo.tasks.task_of``)."""
+    from segzoo.tasks import task_of
+
+    return task_of(cfg)
+
+
+def _check_pipeline(cfg: Config, task: str) -> list[str]:
+    """``general.pipeline`` must be known, and an explicit ``general.task`` must be the pipeline's task."""
+    from segzoo.models.external import get_pipeline
+
+    if not cfg.general.pipeline:
+        return []
+    try:
+        preset = get_pipeline(cfg.general.pipeline)
+    except ConfigError as exc:
+        return [str(exc)]
+    if preset.task != task:
+        return [f"general.task: {task}, but general.pipeline {preset.name} is a {preset.task} pipeline "
+                "(set general.task: auto)"]
+    return []
 
 
 def _ssh_files(section: str, board: object) -> list[str]:
@@ -262,26 +399,59 @@ def _get(cfg: Config, key: str) -> object:
     return obj
 
 
-def _check_paths(cfg: Config) -> list[str]:
+SPLIT_TARGETS = MappingProxyType({"semantic_segmentation": "masks", "pose_estimation": "annotations"})
+"""Task -> what goes with a split's images: ``dataset.<split>_<target>_path`` (masks folder, annotation file)."""
+
+
+def _check_paths(cfg: Config, task: str = "semantic_segmentation") -> list[str]:
     """Every path that is set must exist, with the right kind (folder or file)."""
     errors = []
     ds = cfg.dataset
+    target = SPLIT_TARGETS.get(task, "masks")
     for split in SPLITS:
         for key, kind in ((f"{split}_path", "dir"), (f"{split}_masks_path", "dir"), (f"{split}_files_path", "file")):
             errors += _exists(f"dataset.{key}", getattr(ds, key), kind)
-        images, masks = getattr(ds, f"{split}_path"), getattr(ds, f"{split}_masks_path")
-        if masks and not images:
-            errors.append(f"dataset.{split}_path: required when dataset.{split}_masks_path is set")
-        if images and not masks and split != "quantization":
-            errors.append(f"dataset.{split}_masks_path: required when dataset.{split}_path is set")
-    model_path = cfg.general.model_path
-    errors += _exists("general.model_path", model_path, "file")
-    if model_path and Path(model_path).suffix.lower() not in MODEL_SUFFIXES:
-        errors.append(f"general.model_path: {model_path!r} is not a model file ({', '.join(MODEL_SUFFIXES)})")
+        if split in ("validation", "test"):
+            errors += _exists(f"dataset.{split}_annotations_path", getattr(ds, f"{split}_annotations_path"), "file")
+        images = getattr(ds, f"{split}_path")
+        for kind in ("masks", "annotations"):
+            if getattr(ds, f"{split}_{kind}_path", None) and not images:
+                errors.append(f"dataset.{split}_path: required when dataset.{split}_{kind}_path is set")
+        labels_key = f"{split}_{target}_path"
+        if images and split != "quantization" and hasattr(ds, labels_key) and not getattr(ds, labels_key):
+            errors.append(f"dataset.{labels_key}: required when dataset.{split}_path is set")
+    errors += _check_model_path(cfg)
+    masks = cfg.pose_estimation.person_masks
+    errors += _exists("pose_estimation.person_masks.images_path", masks.images_path, "dir")
+    errors += _exists("pose_estimation.person_masks.masks_path", masks.masks_path, "dir")
+    if bool(masks.images_path) != bool(masks.masks_path):
+        missing = "masks_path" if masks.images_path else "images_path"
+        errors.append(f"pose_estimation.person_masks.{missing}: required with the other person_masks folder")
     errors += _exists("prediction.test_files_path", cfg.prediction.test_files_path, "dir")
     resume = cfg.training.resume_training_from
     errors += _exists("training.resume_training_from", resume, "dir")
     errors += _check_weights(cfg)
+    return errors
+
+
+def _check_model_path(cfg: Config) -> list[str]:
+    """A model file, or with ``general.pipeline`` the folder holding every file of the pipeline."""
+    model_path, preset = cfg.general.model_path, _pipeline_of(cfg)
+    if not model_path:
+        return []
+    if preset is None:
+        errors = _exists("general.model_path", model_path, "file")
+        if Path(model_path).suffix.lower() not in MODEL_SUFFIXES:
+            errors.append(f"general.model_path: {model_path!r} is not a model file ({', '.join(MODEL_SUFFIXES)})")
+        return errors
+    errors = _exists("general.model_path", model_path, "dir")
+    if errors and Path(model_path).is_file():
+        return [f"general.model_path: with general.pipeline {preset.name} it is the folder of "
+                f"{', '.join(preset.files)}, not a file ({model_path!r})"]
+    missing = [name for name in preset.files if not errors and not (Path(model_path) / name).is_file()]
+    if missing:
+        errors.append(f"general.model_path: {model_path!r} has no {', '.join(missing)} (the {preset.name} pipeline "
+                      f"needs {', '.join(preset.files)} in that folder)")
     return errors
 
 

@@ -40,10 +40,12 @@ class DatasetConfig:
     validation_path: str | None = None
     validation_masks_path: str | None = None
     validation_files_path: str | None = None
+    validation_annotations_path: str | None = None
     validation_split: float = 0.2
     test_path: str | None = None
     test_masks_path: str | None = None
     test_files_path: str | None = None
+    test_annotations_path: str | None = None
     quantization_path: str | None = None
     quantization_masks_path: str | None = None
     quantization_files_path: str | None = None
@@ -257,6 +259,27 @@ class ToolsConfig:
 
 
 @dataclass
+class PersonMasksConfig:
+    """``pose_estimation.person_masks``: person-mask IoU on images with class-id masks (e.g. COCO panoptic ids)."""
+
+    images_path: str | None = None
+    masks_path: str | None = None
+    person_values: list[int] = field(default_factory=lambda: [1])
+    ignore_values: list[int] = field(default_factory=lambda: [0])
+    threshold: float = 0.5
+    max_images: int | None = None
+
+
+@dataclass
+class PoseEstimationConfig:
+    """``pose_estimation``: options of the pose pipeline (``general.pipeline``) and of its evaluation."""
+
+    num_poses: int = 1
+    min_visibility: float = 0.5
+    person_masks: PersonMasksConfig = field(default_factory=PersonMasksConfig)
+
+
+@dataclass
 class MlflowConfig:
     """``mlflow``."""
 
@@ -281,6 +304,7 @@ class Config:
     benchmarking: BenchmarkingConfig = field(default_factory=BenchmarkingConfig)
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
+    pose_estimation: PoseEstimationConfig = field(default_factory=PoseEstimationConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 

@@ -25,7 +25,8 @@ QUANTIZED = "quantized"
 class RunContext:
     """What the steps of one operation mode share.
 
-    ``models`` maps a role (:data:`MODEL`, :data:`QUANTIZED`) to a model file; ``current`` is the role the next
+    ``models`` maps a role (:data:`MODEL`, :data:`QUANTIZED`) to a model file, or to a folder for a model made of
+    several networks (``general.pipeline``); ``current`` is the role the next
     evaluate step works on (the latest model produced). ``checkpoint`` is the training checkpoint with its
     training-only heads. ``evaluations`` holds each role's evaluation summary, so that a later comparison reuses it.
     ``summary`` is what ``results.json`` reports, one entry per step; steps never read it. ``skipped`` lists the
@@ -55,14 +56,15 @@ class RunContext:
         return self._task
 
     def model(self, role: str | None = None) -> Path:
-        """The model of ``role`` (default: the current one). For :data:`MODEL`: ``general.model_path``, else
-        ``training.model`` built with its pretrained weights (imported once, saved in the run)."""
+        """The model of ``role`` (default: the current one). For :data:`MODEL`: ``general.model_path``, else the
+        files of ``general.pipeline`` found or downloaded, else ``training.model`` built with its pretrained
+        weights (imported once, saved in the run)."""
         role = role or self.current
         if role in self.models:
             return self.models[role]
         if role == MODEL and self.cfg.general.model_path:
             return Path(self.cfg.general.model_path)
-        if role == MODEL and self.cfg.training.model.pretrained_weights:
+        if role == MODEL and (self.cfg.general.pipeline or self.cfg.training.model.pretrained_weights):
             self.models[MODEL] = self.task.import_model()
             return self.models[MODEL]
         raise ConfigError("general.model_path: required (no model was trained in this run, and "

@@ -4,7 +4,9 @@
 224x224 in [-1, 1] (zero border, i.e. -1), the landmark model a 256x256 rotated crop in [0, 1] (replicated
 border). Thresholds are MediaPipe's defaults (``pose_detection_cpu.pbtxt``, ``pose_landmarker_graph.cc``):
 detection score 0.5, weighted NMS at IoU 0.3 (the graph's value; the Tasks API leaves its option at 0.5),
-ROI scale 1.25, pose presence 0.5, tracking IoU 0.5, heatmap refinement with a 7x7 window.
+ROI scale 1.25, pose presence 0.5, tracking IoU 0.5, heatmap refinement with a 7x7 window. ``sources`` says
+where each file is published (MediaPipe's model assets, the versions pinned by MediaPipe's ``external_files.bzl``)
+and its sha256, for :func:`segzoo.models.weights_store.locate_weights`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ class ModelInput:
     size: int
     value_range: tuple[float, float]
     border: str
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """Where a pipeline file is published and its sha256."""
+
+    name: str
+    url: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ class PosePreset:
     heatmap_min_confidence: float = 0.5
     num_poses: int = 1
     task: str = "pose_estimation"
+    sources: tuple[FileSource, ...] = ()
 
     def with_options(self, **changes: object) -> PosePreset:
         """A copy with some fields changed (e.g. ``num_poses``); ConfigError for an unknown field or a bad value."""
@@ -82,9 +94,15 @@ class PosePreset:
         return paths
 
     def to_dict(self) -> dict:
-        """Everything as plain values: the board application's ``pose_config.json`` and reports."""
-        return asdict(self)
+        """Everything but the download sources as plain values: the board application's ``pose_config.json``."""
+        return {k: v for k, v in asdict(self).items() if k != "sources"}
 
+    def source(self, name: str) -> FileSource | None:
+        """The published source of file ``name``, if the preset names one."""
+        return next((s for s in self.sources if s.name == name), None)
+
+
+MEDIAPIPE_ASSETS = "https://storage.googleapis.com/mediapipe-assets"
 
 MEDIAPIPE_POSE_FULL = PosePreset(
     name="mediapipe_pose_full",
@@ -92,6 +110,14 @@ MEDIAPIPE_POSE_FULL = PosePreset(
     landmark_file="pose_landmark_full.tflite",
     detector_input=ModelInput(size=224, value_range=(-1.0, 1.0), border="zero"),
     landmark_input=ModelInput(size=256, value_range=(0.0, 1.0), border="replicate"),
+    sources=(
+        FileSource("pose_detection.tflite",
+                   f"{MEDIAPIPE_ASSETS}/pose_detection.tflite?generation=1678737489600422",
+                   "9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c"),
+        FileSource("pose_landmark_full.tflite",
+                   f"{MEDIAPIPE_ASSETS}/pose_landmark_full.tflite?generation=1661875894245786",
+                   "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f"),
+    ),
 )
 
 PRESETS: dict[str, PosePreset] = {MEDIAPIPE_POSE_FULL.name: MEDIAPIPE_POSE_FULL}
