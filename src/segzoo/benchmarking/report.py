@@ -125,6 +125,50 @@ def _board_support(analysis: dict | None, name: str) -> dict | None:
     return support
 
 
+def frame_rows(rows: list[dict], groups: dict[str, list[str]]) -> list[dict]:
+    """Per-frame rows of models made of several networks that each run once per frame.
+
+    ``groups`` maps a model's label to the row names (``model``) of its networks; for each group of two or more
+    and each target, one row sums the networks' latencies, MACs, parameters and sizes (estimate: unit shares
+    weighted by each network's time; memory: the largest). The row fails when one of its networks failed.
+    """
+    out = []
+    for label, names in groups.items():
+        if len(names) < 2:
+            continue
+        for target in dict.fromkeys(r["target"] for r in rows if r["model"] in names):
+            parts = [r for r in rows if r["model"] in names and r["target"] == target]
+            networks = " + ".join(name.removeprefix(f"{label}/") for name in names)
+            out.append(_sum_row(f"{label} per frame ({networks})", target, parts))
+    return out
+
+
+def _sum_row(name: str, target: str, parts: list[dict]) -> dict:
+    row = {**new_row(Path(parts[0]["path"]).parent, target, name, None), "frame_of": [r["model"] for r in parts]}
+    failed = [f"{r['model']}: {r['error']}" for r in parts if r["error"]]
+    if failed or any(r["latency_ms"] is None for r in parts):
+        row["error"] = "; ".join(failed) or "a network has no latency"
+        return row
+    total = sum(r["latency_ms"] for r in parts)
+
+    def summed(key: str) -> float | None:
+        values = [r[key] for r in parts]
+        return None if any(v is None for v in values) else sum(values)
+
+    row.update(device=parts[0]["device"], runtime=parts[0]["runtime"], latency_ms=total,
+               precision=" + ".join(dict.fromkeys(str(r["precision"]) for r in parts)),
+               macs=summed("macs"), params=summed("params"), size_bytes=summed("size_bytes"),
+               peak_memory_bytes=max((r["peak_memory_bytes"] or 0) for r in parts) or None,
+               peak_memory_kind=parts[0]["peak_memory_kind"], details={"networks": [r["model"] for r in parts]})
+    if all(r["npu_pct"] is not None for r in parts):
+        for unit in ("npu", "gpu", "cpu"):
+            row[f"{unit}_pct"] = sum(r[f"{unit}_pct"] * r["latency_ms"] for r in parts) / total if total else 0.0
+        row["primary_unit"] = max(("NPU", "GPU", "CPU"), key=lambda u: row[f"{u.lower()}_pct"])
+    else:
+        row["primary_unit"] = parts[0]["primary_unit"]
+    return row
+
+
 def _analysis_summary(analysis: dict | None) -> dict | None:
     """The analysis without its per-op and per-tensor lists (those are in the estimate's details)."""
     if analysis is None:
@@ -210,7 +254,10 @@ def report_markdown(rows: list[dict]) -> str:
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["## Failures", ""] + [f"- {r['model']} / {r['target']}: {_cell(r['error'])}" for r in failed] + [""]
-    estimates = [r for r in rows if r["target"] == ESTIMATE_TARGET and not r["error"]]
+    if any(r.get("frame_of") for r in rows):
+        lines += ["Per-frame rows add up the networks of a model that each run once per frame (the models alone, "
+                  "without the pre- and post-processing between them; peak memory: the largest of them).", ""]
+    estimates = [r for r in rows if r["target"] == ESTIMATE_TARGET and not r["error"] and not r.get("frame_of")]
     if estimates:
         lines += ["## STM32MP257 placement", ""]
         for row in estimates:

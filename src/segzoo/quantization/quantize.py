@@ -26,7 +26,12 @@ PER_CHANNEL_WARNING = ("per-channel quantization for the STM32MP2: the NPU accel
 
 @dataclass
 class QuantizationResult:
-    """What the quantization step produced."""
+    """What the quantization step produced.
+
+    A model made of several networks (a folder, e.g. a detector and a landmark model) is quantized one network at
+    a time; :func:`combine_results` makes one result of theirs: ``path`` is then the folder of the quantized
+    files, ``inspection`` and ``stm32mp2`` describe the networks together and ``networks`` holds one section each.
+    """
 
     path: Path
     float_model: Path
@@ -43,6 +48,9 @@ class QuantizationResult:
     seconds: float = 0.0
     stm32mp2: dict | None = None
     refinements: dict = field(default_factory=dict)
+    networks: list[dict] = field(default_factory=list)
+    """A model made of several networks (e.g. an encoder and a decoder): one section per file, with its own
+    inspection, STM32MP2 placement and worst layers; ``inspection`` then describes them together."""
 
 
 def representative(batch: np.ndarray, limit: int | None = None) -> Callable[[], Iterator[np.ndarray]]:
@@ -93,11 +101,12 @@ Calibration = Callable[[tuple[int, int], int], tuple[np.ndarray, dict, list[str]
 
 
 def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibration: Calibration,
-                     metric_of: Callable[[Path], float],
-                     fine_tuning: FineTuning | None = None) -> QuantizationResult:
+                     metric_of: Callable[[Path], float], fine_tuning: FineTuning | None = None,
+                     out_path: Path | None = None) -> QuantizationResult:
     """Quantize ``float_model`` as configured, calibrating on ``calibration``'s inputs. ``metric_of(path)`` gives
     the task's validation metric of a model file (used only by automatic mixed precision); ``fine_tuning`` the
-    task's training data (``quantization_type: qat`` only)."""
+    task's training data (``quantization_type: qat`` only). The quantized file is ``out_path``, by default
+    ``<run_dir>/<quantization.export_dir>/<stem>_int8_<granularity>[_mixed].tflite``."""
     from segzoo.quantization import converter, mixed
     from segzoo.quantization.formatting import optimize_for_per_tensor
     from segzoo.litert.inspect import inspect_tflite
@@ -130,7 +139,7 @@ def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibrati
     float_layers, trace = list(q.mixed_precision.float_layers), []
     if q.mixed_precision.auto:
         float_layers, trace = _auto_float_layers(cfg, calibrated, errors, float_model, metric_of)
-    out_path = run_dir / q.export_dir / output_name(float_model, q.granularity, bool(float_layers))
+    out_path = out_path or run_dir / q.export_dir / output_name(float_model, q.granularity, bool(float_layers))
     converter.convert_calibrated(calibrated, out_path, granularity=q.granularity,
                                  input_type=q.quantization_input_type, output_type=q.quantization_output_type,
                                  float_layers=float_layers)
@@ -196,6 +205,106 @@ def refine_calibrated(cfg: Config, calibrated: bytes, batch: np.ndarray) -> tupl
         report[name]["seconds"] = round(time.perf_counter() - start, 2)
         logger.info("Post-training step %s: %.1f s", name, report[name]["seconds"])
     return calibrated, report
+
+
+def combine_results(path: Path, float_model: Path, results: dict[str, QuantizationResult]) -> QuantizationResult:
+    """One result for a model made of several quantized networks (``path``: the folder holding their files).
+
+    Each network keeps its own section in ``networks`` (:func:`network_section`); names that belong to one network
+    (float layers, layer-error tensors, warnings) are prefixed ``<name>/``; the inspection and the STM32MP2
+    estimate are summed per frame (every network runs once).
+    """
+    parts = list(results.items())
+    first = parts[0][1]
+    errors = sorted(({**row, "tensor": f"{name}/{row['tensor']}", "network": name,
+                      "layers": [f"{name}/{layer}" for layer in row.get("layers") or []]}
+                     for name, r in parts for row in r.layer_errors), key=lambda row: -row["rmse_per_scale"])
+    return QuantizationResult(
+        path=Path(path), float_model=Path(float_model), granularity=first.granularity, input_type=first.input_type,
+        output_type=first.output_type,
+        float_layers=[f"{name}/{layer}" for name, r in parts for layer in r.float_layers],
+        calibration={name: r.calibration for name, r in parts}, formatting=None, layer_errors=errors,
+        inspection=combine_inspections({name: r.inspection for name, r in parts}),
+        mixed_precision_trace=[{**t, "network": name} for name, r in parts for t in r.mixed_precision_trace],
+        warnings=list(dict.fromkeys(f"{name}: {w}" for name, r in parts for w in r.warnings)),
+        seconds=sum(r.seconds for _, r in parts), stm32mp2=combine_placements({n: r.stm32mp2 for n, r in parts}),
+        networks=[network_section(name, r) for name, r in parts])
+
+
+def network_section(name: str, result: QuantizationResult, worst: int = 10) -> dict:
+    """The report section of one network of a multi-network model: files, op set, per-tensor check, STM32MP2
+    placement (:func:`placement_summary`), formatting, post-training steps, calibration and worst layers."""
+    from segzoo.litert.inspect import NON_COMPUTE_OPS
+
+    inspection, float_model = result.inspection, Path(result.float_model)
+    compute = [op for op in inspection["ops"] if op["name"] not in NON_COMPUTE_OPS]
+    estimate = placement_summary(result.path) if result.stm32mp2 is not None else None
+    return {"name": name, "model": str(result.path), "float_model": str(float_model),
+            "size_bytes": inspection["size_bytes"], "float_size_bytes": float_model.stat().st_size,
+            "compute_ops": len(compute), "int8_ops": sum(op["int8"] for op in compute),
+            "int8_compute_share": inspection["int8_compute_share"], "has_per_channel": inspection["has_per_channel"],
+            "per_channel_tensors": inspection["per_channel_tensors"], "float_ops": inspection["float_ops"],
+            "float_op_types": sorted({op["name"] for op in compute if op["float"]}),
+            "op_histogram": inspection["op_histogram"],
+            "npu_ready": not inspection["has_per_channel"] and not inspection["float_ops"],
+            "formatting": result.formatting, "refinements": result.refinements, "calibration": result.calibration,
+            "float_layers": result.float_layers, "stm32mp2_estimate": estimate,
+            "worst_layers": [{**row, "network": name} for row in result.layer_errors[:worst]],
+            "layer_error_samples": min(LAYER_ERROR_IMAGES, int(result.calibration.get("images") or 0)),
+            "layer_errors_skipped": None, "seconds": round(result.seconds, 1)}
+
+
+def combine_inspections(inspections: dict[str, dict]) -> dict:
+    """``inspect_tflite`` summaries of several networks as one: sizes and op counts summed, the int8 share over
+    every compute op, tensor and op names prefixed ``<name>/``."""
+    from collections import Counter
+
+    from segzoo.litert.inspect import NON_COMPUTE_OPS
+
+    compute = [op for i in inspections.values() for op in i["ops"] if op["name"] not in NON_COMPUTE_OPS]
+    histogram: Counter = Counter()
+    for inspection in inspections.values():
+        histogram.update(inspection["op_histogram"])
+    per_channel = [f"{name}/{t}" for name, i in inspections.items() for t in i["per_channel_tensors"]]
+    return {"ops": [], "op_histogram": dict(histogram),
+            "int8_compute_share": sum(op["int8"] for op in compute) / len(compute) if compute else 0.0,
+            "per_channel_tensors": per_channel, "has_per_channel": bool(per_channel),
+            "size_bytes": sum(i["size_bytes"] for i in inspections.values()),
+            "float_ops": [f"{name}/{t}" for name, i in inspections.items() for t in i["float_ops"]]}
+
+
+def combine_placements(placements: dict[str, dict | None]) -> dict | None:
+    """The STM32MP2 estimates (:func:`stm32mp2_placement`) of networks that run once per frame: latencies summed,
+    unit shares weighted by each network's estimated time; None when a network has no estimate."""
+    if not placements or any(p is None for p in placements.values()):
+        return None
+    total = sum(p["latency_ms"] for p in placements.values())
+    shares = {unit: sum(p[unit] * p["latency_ms"] for p in placements.values()) / total if total else 0.0
+              for unit in ("npu_pct", "gpu_pct", "cpu_pct")}
+    off_npu = {f"{name}: {op}": count for name, p in placements.items() for op, count in p["ops_off_npu"].items()}
+    return {**shares, "latency_ms": total, "ops_off_npu": off_npu}
+
+
+def placement_summary(path: str | Path, npu_mhz: int = 800) -> dict:
+    """The STM32MP257 estimate of a ``.tflite`` file, condensed: time shares per unit, estimated latency, and the
+    ops off the NPU grouped by ``(op, unit, reason)`` with their count and estimated time."""
+    from collections import Counter
+
+    from segzoo.benchmarking.estimate import estimate_stm32mp2
+
+    est = estimate_stm32mp2(path, npu_mhz=npu_mhz)
+    groups: Counter = Counter()
+    times: Counter = Counter()
+    for op in est["ops"]:
+        if op["unit"] != "NPU":
+            key = (op["name"], op["unit"], op["reason"])
+            groups[key] += 1
+            times[key] += op["time_ms"]
+    off = [{"op": name, "unit": unit, "reason": reason, "count": n, "time_ms": times[(name, unit, reason)]}
+           for (name, unit, reason), n in sorted(groups.items(), key=lambda kv: -times[kv[0]])]
+    return {"model": str(path), "latency_ms": est["latency_ms"], "npu_pct": est["npu_pct"], "gpu_pct": est["gpu_pct"],
+            "cpu_pct": est["cpu_pct"], "primary_unit": est["primary_unit"], "ops": len(est["ops"]),
+            "ops_off_npu": sum(groups.values()), "off_npu": off}
 
 
 def stm32mp2_placement(path: Path) -> dict:

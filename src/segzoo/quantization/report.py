@@ -11,12 +11,12 @@ WORST_LAYERS = 10
 
 
 def build_report(result: QuantizationResult, accuracy: dict) -> dict:
-    """The report's data: the task's accuracy comparison (``Task.compare``) and what the quantized file is made of."""
+    """The report's data: the task's accuracy comparison (``Task.compare``) and what the quantized model is made of
+    (for a model made of several networks, ``networks``: one section each)."""
     inspection = result.inspection
     return {
         **accuracy,
-        "float": {"model": str(result.float_model), "size_bytes": result.float_model.stat().st_size,
-                  **accuracy["float"]},
+        "float": {"model": str(result.float_model), "size_bytes": _size(result.float_model), **accuracy["float"]},
         "quantized": {"model": str(result.path), "size_bytes": inspection["size_bytes"], **accuracy["quantized"]},
         "granularity": result.granularity,
         "input_type": result.input_type,
@@ -36,7 +36,14 @@ def build_report(result: QuantizationResult, accuracy: dict) -> dict:
         "mixed_precision_trace": result.mixed_precision_trace,
         "warnings": result.warnings,
         "seconds": result.seconds,
+        "networks": result.networks,
     }
+
+
+def _size(path: Path) -> int:
+    """Bytes of a model file, or of every file of a model folder."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def _pct(value: float | None) -> str:
@@ -45,7 +52,7 @@ def _pct(value: float | None) -> str:
 
 def to_markdown(report: dict) -> str:
     """A readable summary of the report."""
-    f, q = report["float"], report["quantized"]
+    networks = report.get("networks") or []
     lines = ["# Quantization report", ""]
     lines += [f"> **Warning:** {w}" for w in report["warnings"]] + ([""] if report["warnings"] else [])
     lines += [
@@ -53,28 +60,22 @@ def to_markdown(report: dict) -> str:
         f"- NPU-ready (8-bit per-tensor, no float op): **{'yes' if report['npu_ready'] else 'no'}**; "
         f"int8 share of compute ops {100 * report['int8_compute_share']:.1f}%, "
         f"per-channel tensors {report['per_channel_tensors']}",
-        *_placement_lines(report.get("stm32mp2_estimate")),
-        f"- Calibration: {report['calibration'].get('images')} images from the {report['calibration'].get('source')}",
+        *_placement_lines(report.get("stm32mp2_estimate"), "per frame, every network once" if networks else ""),
+        *([] if networks else [_calibration_line(report["calibration"])]),
         f"- Float layers: {', '.join(report['float_layers']) or 'none'}",
-        f"- Formatting: {_formatting(report['formatting'])}",
-        *_refinement_lines(report.get("refinements") or {}),
+        *([] if networks else [f"- Formatting: {_formatting(report['formatting'])}",
+                               *_refinement_lines(report.get("refinements") or {})]),
         "",
-        "| model | file | size (KiB) | mIoU (%) | pixel accuracy (%) |",
-        "|---|---|---:|---:|---:|",
-        f"| float | `{Path(f['model']).name}` | {f['size_bytes'] / 1024:.0f} | {_pct(f['miou'])} | "
-        f"{_pct(f['pixel_accuracy'])} |",
-        f"| quantized | `{Path(q['model']).name}` | {q['size_bytes'] / 1024:.0f} | {_pct(q['miou'])} | "
-        f"{_pct(q['pixel_accuracy'])} |",
-        "",
-        f"**mIoU drop: {report['miou_drop_points']:.2f} points** "
-        f"(pixel accuracy drop {report['pixel_accuracy_drop_points']:.2f} points)",
-        "",
-        "## Per-class IoU (%)",
-        "",
-        "| class | float | quantized |",
-        "|---|---:|---:|",
+        *_accuracy_lines(report),
     ]
-    lines += [f"| {name} | {_pct(v['float'])} | {_pct(v['quantized'])} |" for name, v in report["per_class_iou"].items()]
+    if "per_class_iou" in report:
+        lines += ["", "## Per-class IoU (%)", "", "| class | float | quantized |", "|---|---:|---:|"]
+        lines += [f"| {name} | {_pct(v['float'])} | {_pct(v['quantized'])} |"
+                  for name, v in report["per_class_iou"].items()]
+    for table in report.get("tables") or []:
+        lines += _table_lines(table)
+    for network in networks:
+        lines += _network_lines(network)
     lines += ["", "## Layers with the largest quantization error", "",
               "RMSE / scale near 0.29 is pure rounding; much larger means the layer quantizes badly. Any name here "
               "can go into `quantization.mixed_precision.float_layers`.", "",
@@ -82,17 +83,83 @@ def to_markdown(report: dict) -> str:
     lines += [f"| `{_layer_name(r)}` | {r.get('op', '')} | {r['rmse_per_scale']:.3f} | "
               f"[{r['range'][0]:.3g}, {r['range'][1]:.3g}] |" for r in report["worst_layers"]]
     if report["mixed_precision_trace"]:
-        lines += ["", "## Mixed-precision search", "", "| float layers | mIoU (%) | drop (points) |", "|---:|---:|---:|"]
-        lines += [f"| {len(t['float_layers'])} | {_pct(t['miou'])} | {100 * t['drop']:.2f} |"
+        label = report.get("metric_label", "mIoU")
+        lines += ["", "## Mixed-precision search", "", f"| network | float layers | {label} (%) | drop (points) |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {t.get('network', '')} | {len(t['float_layers'])} | {_pct(t['miou'])} | {100 * t['drop']:.2f} |"
                   for t in report["mixed_precision_trace"]]
     return "\n".join(lines) + "\n"
 
 
-def _placement_lines(estimate: dict | None) -> list[str]:
+METRIC_LABELS = {"miou": "mIoU", "pixel_accuracy": "pixel accuracy"}
+
+
+def _accuracy_lines(report: dict) -> list[str]:
+    """Both models with every accuracy figure the task compared, then the drop of its main metric."""
+    f, q = report["float"], report["quantized"]
+    keys = [k for k in f if k not in ("model", "size_bytes") and (f[k] is None or isinstance(f[k], (int, float)))]
+    labels = {**METRIC_LABELS, **report.get("metric_labels", {}), report["metric"]: report["metric_label"]}
+    lines = ["| model | file | size (KiB) | " + " | ".join(f"{labels.get(k, k)} (%)" for k in keys) + " |",
+             "|---|---|---:|" + "---:|" * len(keys)]
+    lines += [f"| {role} | `{Path(m['model']).name}` | {m['size_bytes'] / 1024:.0f} | "
+              + " | ".join(_pct(m.get(k)) for k in keys) + " |" for role, m in (("float", f), ("quantized", q))]
+    extra = (f" (pixel accuracy drop {report['pixel_accuracy_drop_points']:.2f} points)"
+             if "pixel_accuracy_drop_points" in report else "")
+    return [*lines, "", f"**{report['metric_label']} drop: {report['metric_drop_points']:.2f} points**{extra}"]
+
+
+def _table_lines(table: dict) -> list[str]:
+    """A comparison table of the task (``Task.compare``'s ``tables``: title, columns, rows of text, a note)."""
+    lines = ["", f"## {table['title']}", "", "| " + " | ".join(table["columns"]) + " |",
+             "|---|" + "---:|" * (len(table["columns"]) - 1)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table["rows"]]
+    return lines + (["", table["note"]] if table.get("note") else [])
+
+
+def _network_lines(network: dict) -> list[str]:
+    """One network of a multi-network model: its file, op set, per-tensor check, STM32MP2 placement, calibration,
+    formatting and post-training steps, worst layers."""
+    estimate = network.get("stm32mp2_estimate")
+    formatting = network.get("formatting")
+    lines = ["", f"## {network['name']}: `{Path(network['model']).name}`", "",
+             f"- Float model `{Path(network['float_model']).name}` {network['float_size_bytes'] / 1024:.0f} KiB -> "
+             f"int8 {network['size_bytes'] / 1024:.0f} KiB ({network['seconds']:.0f} s)",
+             f"- Per-tensor: **{'yes' if not network['has_per_channel'] else 'no'}** "
+             f"({len(network['per_channel_tensors'])} per-channel tensors); int8 share of compute ops "
+             f"{100 * network['int8_compute_share']:.1f}%; float ops: "
+             f"{', '.join(network['float_op_types']) or 'none'}",
+             *([_calibration_line(network["calibration"])] if network.get("calibration") else []),
+             f"- Formatting: {formatting if isinstance(formatting, str) else _formatting(formatting)}",
+             *_refinement_lines(network.get("refinements") or {}),
+             "- Ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(network["op_histogram"].items(),
+                                                                   key=lambda kv: (-kv[1], kv[0])))]
+    if estimate:
+        lines += [f"- STM32MP2 estimate: {estimate['npu_pct']:.1f}% NPU, {estimate['gpu_pct']:.1f}% GPU, "
+                  f"{estimate['cpu_pct']:.1f}% CPU (time shares), about {estimate['latency_ms']:.1f} ms; "
+                  f"{estimate['ops_off_npu']} of {estimate['ops']} ops off the NPU", "",
+                  "| op off the NPU | count | unit | estimated ms | why |", "|---|---:|---|---:|---|"]
+        lines += [f"| {row['op']} | {row['count']} | {row['unit']} | {row['time_ms']:.2f} | {row['reason']} |"
+                  for row in estimate["off_npu"]]
+    if network.get("layer_errors_skipped"):
+        lines += ["", f"Worst layers of the {network['name']}: {network['layer_errors_skipped']}"]
+    if network.get("worst_layers"):
+        lines += ["", f"Worst layers of the {network['name']} ({network['layer_error_samples']} samples):", "",
+                  "| layer | op | RMSE / scale |", "|---|---|---:|"]
+        lines += [f"| `{network['name']}/{_layer_name(r)}` | {r.get('op', '')} | {r['rmse_per_scale']:.3f} |"
+                  for r in network["worst_layers"][:5]]
+    return lines
+
+
+def _calibration_line(calibration: dict) -> str:
+    return f"- Calibration: {calibration.get('images')} images from the {calibration.get('source')}"
+
+
+def _placement_lines(estimate: dict | None, scope: str = "") -> list[str]:
     if not estimate:
         return []
     off = ", ".join(f"{name} x{count}" for name, count in estimate["ops_off_npu"].items()) or "none"
-    return [f"- STM32MP2 estimate: {estimate['npu_pct']:.1f}% NPU, {estimate['gpu_pct']:.1f}% GPU, "
+    scope = f" ({scope})" if scope else ""
+    return [f"- STM32MP2 estimate{scope}: {estimate['npu_pct']:.1f}% NPU, {estimate['gpu_pct']:.1f}% GPU, "
             f"{estimate['cpu_pct']:.1f}% CPU (time shares), about {estimate['latency_ms']:.1f} ms; ops off the NPU: "
             f"{off}"]
 
@@ -152,10 +219,20 @@ def write_quantization_report(run_dir: Path, report: dict) -> dict[str, Path]:
 
 
 def report_metrics(report: dict) -> dict[str, float]:
-    """The report's numbers for MLflow."""
-    return {"float_miou": report["float"]["miou"], "quantized_miou": report["quantized"]["miou"],
-            "miou_drop_points": report["miou_drop_points"],
-            "pixel_accuracy_drop_points": report["pixel_accuracy_drop_points"],
+    """The report's numbers for MLflow (``float_<metric>``, ``quantized_<metric>``, ``<metric>_drop_points``, ...;
+    per network ``<network>_size_bytes`` and ``<network>_stm32mp2_npu_pct``)."""
+    metric = report["metric"]
+    networks = {}
+    for n in report.get("networks") or []:
+        networks[f"{n['name']}_size_bytes"] = n["size_bytes"]
+        if n.get("stm32mp2_estimate"):
+            networks[f"{n['name']}_stm32mp2_npu_pct"] = n["stm32mp2_estimate"]["npu_pct"]
+            networks[f"{n['name']}_stm32mp2_estimated_ms"] = n["stm32mp2_estimate"]["latency_ms"]
+    return {f"float_{metric}": report["float"][metric], f"quantized_{metric}": report["quantized"][metric],
+            f"{metric}_drop_points": report["metric_drop_points"],
+            **({"pixel_accuracy_drop_points": report["pixel_accuracy_drop_points"]}
+               if "pixel_accuracy_drop_points" in report else {}),
+            **networks,
             "int8_compute_share": report["int8_compute_share"],
             "per_channel_tensors": report["per_channel_tensors"], "float_layers": len(report["float_layers"]),
             "quantized_size_bytes": report["quantized"]["size_bytes"], "quantization_seconds": report["seconds"],

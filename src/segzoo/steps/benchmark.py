@@ -9,23 +9,29 @@ from segzoo.steps.context import MODEL, QUANTIZED, RunContext
 
 logger = logging.getLogger(__name__)
 
-def benchmark_models_of(ctx: RunContext) -> tuple[list[Path], list[str]]:
-    """The files to compare: ``benchmarking.models``, else those of the run's model and its quantized version."""
+def benchmark_models_of(ctx: RunContext) -> tuple[list[Path], list[str], dict[str, list[str]]]:
+    """The files to compare: ``benchmarking.models``, else those of the run's model and its quantized version;
+    their display names; and the names of the files of each model made of several networks (summed per frame)."""
     configured = [Path(p) for p in ctx.cfg.benchmarking.models]
     if configured:
-        return configured, [p.stem for p in configured]
+        return configured, [p.stem for p in configured], {}
     roles = [MODEL] + ([QUANTIZED] if QUANTIZED in ctx.models else [])
-    files = [pair for role in roles for pair in ctx.task.benchmark_files(ctx.model(role))]
-    return [path for path, _ in files], [name for _, name in files]
+    files, groups = [], {}
+    for role in roles:
+        model = ctx.model(role)
+        pairs = ctx.task.benchmark_files(model)
+        files += pairs
+        groups[model.name] = [name for _, name in pairs]
+    return [path for path, _ in files], [name for _, name in files], groups
 
 
 def benchmark(ctx: RunContext) -> None:
     """Benchmark the run's models on ``benchmarking.targets``; one comparison table, plots and metrics."""
     from segzoo.benchmarking.board import board_row
-    from segzoo.benchmarking.report import benchmark_metrics, benchmark_models, write_benchmark_report
+    from segzoo.benchmarking.report import benchmark_metrics, benchmark_models, frame_rows, write_benchmark_report
 
     bench = ctx.cfg.benchmarking
-    paths, names = benchmark_models_of(ctx)
+    paths, names, groups = benchmark_models_of(ctx)
     local_targets = [t for t in bench.targets if t != "board"]
     rows = benchmark_models(paths, local_targets, names=names, runs=bench.runs, warmup=bench.warmup,
                             threads=bench.threads, npu_mhz=bench.npu_mhz, rules_path=bench.rules_path)
@@ -33,6 +39,7 @@ def benchmark(ctx: RunContext) -> None:
         analysed = {r["path"]: r["analysis"] for r in rows if r.get("analysis")}
         rows += [board_row(path, name, analysed.get(str(path)), bench.board, bench.runs)
                  for path, name in zip(paths, names)]
+    rows += frame_rows(rows, groups)
     files = write_benchmark_report(rows, ctx.run_dir)
     for row in rows:
         if row["error"]:
