@@ -270,10 +270,16 @@ def _label(row: dict) -> str:
     return f"{row['model']} · {row['target']}"
 
 
+def _width(labels: list[str]) -> float:
+    """Figure width (inches) that leaves the bars room beside the longest y-axis label."""
+    return max(8.0, 6.0 + 0.075 * max((len(label) for label in labels), default=0))
+
+
 def latency_figure(rows: list[dict]) -> Figure:
     """Horizontal bars of the latency per row (host: median with a whisker to p90)."""
     ok = [r for r in rows if not r["error"] and r["latency_ms"] is not None]
-    fig = Figure(figsize=(8, max(2.5, 0.45 * len(ok) + 1.2)), dpi=100, layout="constrained")
+    fig = Figure(figsize=(_width([_label(r) for r in ok]), max(2.5, 0.45 * len(ok) + 1.2)), dpi=100,
+                 layout="constrained")
     ax = fig.add_subplot()
     if not ok:
         ax.text(0.5, 0.5, "no latency measured", ha="center", va="center")
@@ -299,7 +305,8 @@ def latency_figure(rows: list[dict]) -> Figure:
 def placement_figure(rows: list[dict]) -> Figure:
     """Stacked bars of the NPU/GPU/CPU time shares of the estimate rows."""
     ok = [r for r in rows if not r["error"] and r["npu_pct"] is not None]
-    fig = Figure(figsize=(8, max(2.5, 0.45 * len(ok) + 1.2)), dpi=100, layout="constrained")
+    fig = Figure(figsize=(_width([r["model"] for r in ok]) + 1.0, max(2.5, 0.45 * len(ok) + 1.2)), dpi=100,
+                 layout="constrained")
     ax = fig.add_subplot()
     if not ok:
         ax.text(0.5, 0.5, "no STM32MP2 estimate", ha="center", va="center")
