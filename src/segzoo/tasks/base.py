@@ -1,7 +1,8 @@
 """What a task gives the steps: evaluation, prediction, calibration data, training and deployment details.
 
 Steps are task-agnostic: they call these methods on ``ctx.task``. A task owns the run's data (its samples,
-preprocessing and evaluation set, resolved once) and writes its own reports.
+preprocessing and evaluation set, resolved once) and writes its own reports. A ``model`` is a file, or a folder
+for a model made of several networks (a pipeline preset: ``general.pipeline``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -278,7 +279,7 @@ class PoseEstimation:
             results[role] = dataclasses.replace(result, path=folder / result.path.name)
         return combine_results(folder, model, results)
 
-    def _metric_with(self, role: str, floats: dict[str, Path]):
+    def _metric_with(self, role: str, floats: dict[str, Path]) -> Callable[[Path], float]:
         """``path -> mean OKS`` of the pipeline with ``path`` as network ``role`` and the other one float."""
         def metric(path: Path) -> float:
             files = {**floats, role: Path(path)}
