@@ -203,6 +203,7 @@ class PoseEstimation:
                          f"{'met' if oks_ok else 'not met'}; person-mask IoU within {MASK_IOU_TARGET_POINTS:.0f} "
                          f"points: {'n/a' if mask_ok is None else 'met' if mask_ok else 'not met'}."}
         return {"metric": self.metric, "metric_label": self.metric_label,
+                "metric_labels": {"ap": "AP", "pck": "PCK@0.2", "mask_iou": "person-mask IoU"},
                 "metric_drop_points": drops["mean_oks_drop_points"], "float": f, "quantized": q, **drops,
                 "per_stage": per_stage, "tables": [table], "targets": {"oks": oks_ok, "mask_iou": mask_ok},
                 "evaluated_on": quantized_eval.get("dataset")}
