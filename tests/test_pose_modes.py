@@ -92,7 +92,7 @@ def test_pose_config_checks(tmp_path):
     values["pose_estimation"]["person_masks"].update(ignore_values=[0, 1])
     message = config_errors(values)
     assert "pose_estimation.num_poses: must be at least 1, got 0" in message
-    assert "pose_estimation.min_visibility: must be between 0 and 1, got 2.0" in message
+    assert "pose_estimation.min_visibility: must be in [0, 1], got 2.0" in message
     assert "pose_estimation.person_masks: values [1] are both person_values and ignore_values" in message
     one_folder = pose_config(tmp_path, "evaluation")
     del one_folder["pose_estimation"]["person_masks"]["masks_path"]
@@ -282,7 +282,9 @@ def quantized_run(tmp_path_factory) -> tuple[Path, dict]:
 def test_chain_eqe_quantizes_both_networks_per_tensor_and_compares_per_stage(quantized_run):
     run_dir, results = quantized_run
     folder = run_dir / "quantized_models" / "mediapipe_pose_full_int8_per_tensor"
-    assert sorted(p.name for p in folder.iterdir()) == ["pose_detection.tflite", "pose_landmark_full.tflite"]
+    models = sorted(p for p in folder.iterdir() if p.suffix == ".tflite")
+    assert [p.name for p in models] == ["pose_detection.tflite", "pose_landmark_full.tflite"]
+    assert all(p.with_name(p.name + ".sha256").is_file() for p in models)  # checked when read back
     assert results["quantization"]["model"] == str(folder)
     assert results["quantized_evaluation"]["model"] == str(folder)
     report = json.loads((run_dir / "quantization_report.json").read_text())
@@ -302,7 +304,7 @@ def test_chain_eqe_quantizes_both_networks_per_tensor_and_compares_per_stage(qua
         assert network["calibration"]["images"] >= 1
     assert networks["detector"]["calibration"]["images"] == 6
     assert report["npu_ready"] and report["has_per_channel"] is False
-    assert report["quantized"]["size_bytes"] == sum(p.stat().st_size for p in folder.iterdir())
+    assert report["quantized"]["size_bytes"] == sum(p.stat().st_size for p in models)
     assert all(row["tensor"].split("/")[0] in ("detector", "landmark") for row in report["worst_layers"])
     markdown = (run_dir / "quantization_report.md").read_text()
     assert "## detector: `pose_detection.tflite`" in markdown and "| int8 | float |" in markdown

@@ -41,9 +41,13 @@ def build_report(result: QuantizationResult, accuracy: dict) -> dict:
 
 
 def _size(path: Path) -> int:
-    """Bytes of a model file, or of every file of a model folder."""
+    """Bytes of a model file, or of every file of a model folder (not counting the sha256 sidecars)."""
+    from segzoo.io import SIDECAR_SUFFIX
+
     path = Path(path)
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix != SIDECAR_SUFFIX)
 
 
 def _pct(value: float | None) -> str:

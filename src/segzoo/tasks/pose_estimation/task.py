@@ -308,10 +308,15 @@ class PoseEstimation:
         files = self.files(model)
         pipeline = self.pipeline(files["detector"], files["landmark"])
         out_dir = self.ctx.run_dir / "predictions"
-        rows = predict_poses(pipeline.estimate, images, out_dir, min_visibility=cfg.pose_estimation.min_visibility,
-                             mask_alpha=cfg.prediction.overlay_alpha)
+        skipped: list[dict] = []
+        try:
+            rows = predict_poses(pipeline.estimate, images, out_dir, min_visibility=cfg.pose_estimation.min_visibility,
+                                 mask_alpha=cfg.prediction.overlay_alpha, skipped=skipped)
+        finally:
+            self.ctx.record_skipped("predict", skipped)
         self.ctx.tracker.log_artifact(out_dir, "predictions")
-        return {"images": len(rows), "poses": sum(r["poses"] for r in rows), "folder": str(out_dir)}
+        return {"images": len(rows), "poses": sum(r["poses"] for r in rows), "folder": str(out_dir),
+                "skipped": len(skipped)}
 
     # ------------------------------------------------------------------------------------------ deployment
     def bundle(self, model: Path, out_dir: Path, nb_model: Path | None) -> Path:
