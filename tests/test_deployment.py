@@ -152,6 +152,15 @@ def test_board_preprocessing_equals_segzoo(coco_images, aspect_ratio, color_mode
             assert np.array_equal(app.quantize(got, q.dtype, (q.scale, q.zero_point)), quantize(expected, q))
 
 
+def test_board_resize_takes_more_channels_than_one_opencv_call():
+    """ADE20K logits (150 channels) restore on the board as in segzoo (OpenCV 5: 128 channels per call)."""
+    from segzoo.preprocess import resize_scores
+
+    scores = np.random.default_rng(0).normal(size=(8, 12, 150)).astype(np.float32)
+    got = board_app()._resize(scores, (40, 60), cv2.INTER_LINEAR)
+    assert got.shape == (40, 60, 150) and np.array_equal(got, resize_scores(scores, (40, 60)))
+
+
 def test_board_labels_equal_segzoo_predictions(st_model, voc_names, coco_images):
     app = board_app()
     pp = Preprocessing(aspect_ratio="padding")

@@ -45,3 +45,16 @@ def test_padding_pads_masks_with_ignore_and_images_with_zero() -> None:
     assert x[0, 0, 0] == 0.0 and x[32, 32, 0] == 200.0
     mask = resize_mask(np.ones((100, 200), np.uint8), (64, 64), pp, 255)
     assert set(np.unique(mask[:16])) == {255} and set(np.unique(mask[16:48])) == {1}
+
+
+def test_scores_with_more_channels_than_one_opencv_call_takes() -> None:
+    """150 classes (ADE20K): OpenCV 5 resizes at most 128 channels per call; the result is per-channel bilinear."""
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([smooth_scores(rng, (16, 24), 100), smooth_scores(rng, (16, 24), 50)], axis=-1)
+    placement = compute_placement((90, 120), (64, 96), "fit")
+    restored = restore_logits(scores, placement)
+    per_channel = np.stack([restore_logits(scores[..., c : c + 1], placement)[..., 0] for c in range(150)], -1)
+    assert restored.shape == (90, 120, 150)
+    np.testing.assert_allclose(restored, per_channel, atol=1e-5)  # OpenCV SIMD paths round differently
+    labels = restore_argmax(scores, placement)
+    assert np.count_nonzero(labels != np.argmax(per_channel, axis=-1)) <= 1e-4 * labels.size

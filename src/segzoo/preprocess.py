@@ -93,14 +93,27 @@ def _window(array: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return array[y : y + h, x : x + w]
 
 
+CV_MAX_CHANNELS = 128
+"""Most channels one cv2.resize call takes (OpenCV 5's CV_CN_MAX; 512 in OpenCV 4): ADE20K has 150 classes."""
+
+
 def _resize(array: np.ndarray, hw: tuple[int, int], flag: int) -> np.ndarray:
-    """cv2.resize that keeps a trailing channel axis of size 1 and skips no-op resizes."""
+    """cv2.resize that keeps a trailing channel axis of size 1, skips no-op resizes and takes any channel count."""
     if array.shape[:2] == tuple(hw):
         return array
+    if array.ndim == 3 and array.shape[2] > CV_MAX_CHANNELS:
+        chunks = [_resize(np.ascontiguousarray(array[..., i : i + CV_MAX_CHANNELS]), hw, flag)
+                  for i in range(0, array.shape[2], CV_MAX_CHANNELS)]
+        return np.concatenate(chunks, axis=-1)
     out = cv2.resize(array, (hw[1], hw[0]), interpolation=flag)
     if array.ndim == 3 and out.ndim == 2:
         out = out[..., None]
     return out
+
+
+def resize_scores(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """HxWxC float32 scores resized bilinearly to ``hw`` (half-pixel centres, any number of channels)."""
+    return _resize(np.ascontiguousarray(scores, dtype=np.float32), hw, cv2.INTER_LINEAR)
 
 
 def _place(resized: np.ndarray, placement: Placement, fill: int | float) -> np.ndarray:

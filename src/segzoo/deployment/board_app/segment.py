@@ -148,9 +148,16 @@ def _window(array, box: tuple):
     return array[y : y + h, x : x + w]
 
 
+CV_MAX_CHANNELS = 128  # most channels one cv2.resize call takes (OpenCV 5); ADE20K models have 150 classes
+
+
 def _resize(array, hw: tuple, flag: int):
     if array.shape[:2] == tuple(hw):
         return array
+    if array.ndim == 3 and array.shape[2] > CV_MAX_CHANNELS:
+        chunks = [_resize(np.ascontiguousarray(array[..., i : i + CV_MAX_CHANNELS]), hw, flag)
+                  for i in range(0, array.shape[2], CV_MAX_CHANNELS)]
+        return np.concatenate(chunks, axis=-1)
     out = cv2.resize(array, (hw[1], hw[0]), interpolation=flag)
     if array.ndim == 3 and out.ndim == 2:
         out = out[..., None]
