@@ -1,0 +1,1 @@
+"""Independent NumPy forwards of official networks, used as references by the tests."""
