@@ -19,7 +19,8 @@ from segzoo.models.pp_mobileseg.presets import ARCHITECTURES, PUBLISHED
 keras = pytest.importorskip("keras")
 
 from segzoo.models.pp_mobileseg import model as ppm  # noqa: E402
-from segzoo.models.pp_mobileseg.weights import assign, import_state_dict, plan  # noqa: E402
+from segzoo.checkpoints import assign_weights  # noqa: E402
+from segzoo.models.pp_mobileseg.weights import import_state_dict, official_shape, plan  # noqa: E402
 
 TOLERANCE = 1e-4
 """Max abs difference allowed, as a fraction of the reference output's range."""
@@ -39,8 +40,8 @@ def _rel_error(reference: np.ndarray, ours: np.ndarray) -> float:
 
 def _load_subset(model, state: dict) -> None:
     """Fill a model made of some official blocks from the keys it needs."""
-    entries = plan(model)
-    assign(entries, {e.key: state[e.key] for e in entries}, "test state")
+    weight_plan = plan(model)
+    assign_weights(weight_plan, {key: state[key] for key in weight_plan.keys()}, source="test state", model=model)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,12 @@ def imported(request, built) -> tuple:
 
 
 @pytest.fixture(scope="module")
+def npu_model() -> "keras.Model":
+    """Tiny in its NPU-friendly form, with the ImageNet normalization inside."""
+    return ppm.build(_params(activation="relu", padding="same", input_normalization="imagenet"), CLASSES)
+
+
+@pytest.fixture(scope="module")
 def scratch() -> "keras.Model":
     """A tiny model that tests may overwrite (imports that fail assign nothing)."""
     return ppm.build(_params(), CLASSES)
@@ -76,13 +83,12 @@ def test_params_defaults_and_cross_field_rules() -> None:
     errors = PPMobileSegParams(input_shape=[360, 480, 3], dropout=1.5).check()
     assert any("360x480 must be multiples of 32" in e and "352x480" in e for e in errors)
     assert any(e.startswith("dropout:") for e in errors)
-    errors = PPMobileSegParams(pretrained_weights="ade20k_tiny").check()
-    assert errors == ["input_normalization: pretrained_weights 'ade20k_tiny' needs input_normalization='imagenet' "
-                      "(got 'none')"]
-    assert PPMobileSegParams(pretrained_weights="ade20k_base", variant="base",
-                             input_normalization="imagenet").check() == []
     with pytest.raises(ModelError, match="input_shape: 100x128"):
         ppm.build(PPMobileSegParams(input_shape=[100, 128, 3]), 3)
+    from segzoo.models.registry import make_params
+
+    with pytest.raises(ModelError, match="training.model.activation: bad value 'gelu'"):
+        make_params("pp_mobileseg", activation="gelu")
 
 
 def test_family_package_imports_no_tensorflow() -> None:
@@ -94,7 +100,7 @@ def test_family_package_imports_no_tensorflow() -> None:
 # ----------------------------------------------------------------------------------------- official weights
 def test_weight_keys_and_shapes_are_the_official_ones(imported) -> None:
     variant, model, _ = imported
-    ours = {e.key: e.official_shape for e in plan(model)}
+    ours = {e.key: official_shape(e) for e in plan(model)}
     assert ours == ref.paddle_schema(variant, CLASSES)
     assert len({id(e.variable) for e in plan(model)}) == len(model.weights)  # every Keras weight, once
 
@@ -171,7 +177,7 @@ def test_one_mis_shaped_tensor_is_named_and_nothing_is_assigned(scratch) -> None
         import_state_dict(model, state, "paddle", "broken.pdparams")
     message = str(info.value)
     assert "broken.pdparams" in message and key in message
-    assert "(64, 64, 3, 3)" in message and "(64, 64, 1, 1)" in message
+    assert "(64, 64, 3, 3)" in message and "(1, 1, 64, 64)" in message  # file shape, Keras variable shape
     assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, model.weights))
 
 
@@ -184,12 +190,7 @@ def test_missing_and_unused_keys_are_named(scratch) -> None:
         import_state_dict(model, state, "paddle", "x.pdparams")
     assert "backbone.smb2.blocks.1.mid_se.conv2.bias" in str(info.value)
     assert "backbone.smb9.extra.weight" in str(info.value)
-
-
-def test_tiny_weights_into_base_model_fail_clearly(built) -> None:
-    model = built["base"][0]
-    with pytest.raises(ModelError, match="training.model.variant"):
-        import_state_dict(model, ref.random_state("tiny", CLASSES), "paddle", "tiny.pdparams")
+    assert "training.model.variant" in str(info.value)  # the usual cause: a checkpoint of the other variant
 
 
 def test_mmseg_names_import_the_same_network(imported) -> None:
@@ -243,7 +244,10 @@ def test_pdparams_file_with_real_key_names(scratch, tmp_path) -> None:
     path = tmp_path / "model.pdparams"
     writers.write_pdparams(path, state)
     model = scratch
-    assert import_paddle(model, path)["variables"] == len(model.weights)
+    import_paddle(model, path)
+    for layer in ("backbone.trans2.transformer_blocks.1.attn.pos_emb_columnk", "decode_head.linear_fuse.bn"):
+        key = {"pos_emb_columnk": ".pos_embed", "bn": "._variance"}[layer.rsplit(".", 1)[-1]]
+        np.testing.assert_array_equal(model.get_layer(layer).weights[-1].numpy(), state[layer + key])
     np.testing.assert_array_equal(model.get_layer("decode_head.conv_seg").get_weights()[1],
                                   state["decode_head.conv_seg.bias"])
     state["decode_head.linear_fuse.bn._variance"] = np.ones(255, np.float32)
@@ -252,18 +256,36 @@ def test_pdparams_file_with_real_key_names(scratch, tmp_path) -> None:
         import_paddle(model, path)
 
 
-def test_named_source_not_downloaded_says_where_to_put_it(tmp_path, monkeypatch) -> None:
+def test_official_checkpoint_by_name_through_the_registry(tmp_path, monkeypatch) -> None:
+    """``pretrained_weights: ade20k_tiny``: found in the user's folder, imported, saved by the converter."""
+    writers = pytest.importorskip("segzoo.checkpoints.writers")
     from segzoo.models.pp_mobileseg.convert import main
+    from segzoo.models.pp_mobileseg.weights import SOURCES
+    from segzoo.models.registry import load_pretrained, make_params
 
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    assert main(["ade20k_tiny", str(tmp_path / "out.keras"), "--input-shape", "64", "64", "3"]) == 4
-    assert not (tmp_path / "out.keras").exists()
-    from segzoo.models.pp_mobileseg.weights import resolve_pretrained
-
+    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("segzoo.models.weights_store.download", _no_network)
+    with pytest.raises(ModelError, match="needs"):  # the official weights need the official form
+        load_pretrained(None, make_params("pp_mobileseg", pretrained_weights="ade20k_tiny"), 150)
+    official = make_params("pp_mobileseg", pretrained_weights="ade20k_tiny", **SOURCES["ade20k_tiny"].params)
     with pytest.raises(ModelError) as info:
-        resolve_pretrained("ade20k_tiny")
+        load_pretrained(None, official, 150)
     assert "pp_mobileseg_tiny_ade20k.pdparams" in str(info.value)
     assert "https://bj.bcebos.com/paddleseg/dygraph/ade20k/pp_mobileseg_tiny/model.pdparams" in str(info.value)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    state = ref.random_state("tiny", 150, seed=4)
+    writers.write_pdparams(folder / "pp_mobileseg_tiny_ade20k.pdparams", state)
+    out = tmp_path / "tiny_ade20k.keras"
+    assert main(["ade20k_tiny", str(out), "--input-shape", "64", "64", "3", "--weights-dir", str(folder)]) == 0
+    model = keras.saving.load_model(out)
+    np.testing.assert_array_equal(model.get_layer("decode_head.conv_seg").get_weights()[1],
+                                  state["decode_head.conv_seg.bias"])
+    assert model.get_layer("input_normalization") is not None
+
+
+def _no_network(url, destination, sha256=None, timeout=0.0):
+    raise OSError(f"no network for {url}")
 
 
 # -------------------------------------------------------------------------------------------- NPU rewrites
@@ -287,26 +309,25 @@ def test_positional_embedding_interpolation_is_a_constant_matrix() -> None:
                                    atol=1e-6)
 
 
-def test_input_normalization_layer_is_imagenet_mean_std() -> None:
-    model = ppm.build(_params(input_normalization="imagenet"), CLASSES)
-    probe = keras.Model(model.inputs, model.get_layer("input_normalization").output)
+def test_input_normalization_layer_is_imagenet_mean_std(npu_model) -> None:
+    model = npu_model
+    probe = keras.Model(model.input, model.get_layer("input_normalization").output)
     x = np.random.default_rng(11).uniform(0, 1, (1, *SMALL, 3)).astype(np.float32)
     expected = (x - np.array(ppm.IMAGENET_MEAN)) / np.array(ppm.IMAGENET_STD)
     np.testing.assert_allclose(probe(x).numpy(), expected, atol=1e-5)
     assert not model.get_layer("input_normalization").trainable
 
 
-def test_npu_options_change_only_what_they_name() -> None:
-    official = ppm.build(_params(), CLASSES)
-    npu = ppm.build(_params(activation="relu", padding="same"), CLASSES)
+def test_npu_options_change_only_what_they_name(built, npu_model) -> None:
+    official, npu = built["tiny"][0], npu_model
     kinds = {layer.name: type(layer).__name__ for layer in official.layers}
     assert sum(k == "ZeroPadding2D" for k in kinds.values()) == 9  # stem, 4 strided MobileNetV3 units, 4 attentions
     assert not any(isinstance(layer, keras.layers.ZeroPadding2D) for layer in npu.layers)
     hard_swish = [layer.name for layer in npu.layers if getattr(layer, "activation", None) is not None
                   and getattr(layer.activation, "__name__", "") == "hard_swish"]
     assert hard_swish == []
-    assert official.count_params() == npu.count_params()
-    assert [w.shape for w in official.weights] == [w.shape for w in npu.weights]
+    checkpoint_weights = [w.shape for layer in npu.layers if layer.name != "input_normalization" for w in layer.weights]
+    assert [w.shape for w in official.weights] == checkpoint_weights
 
 
 def test_saved_model_reloads_with_the_same_outputs(built, tmp_path) -> None:

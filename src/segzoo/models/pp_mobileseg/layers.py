@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import keras
@@ -182,7 +183,6 @@ class DropPath(keras.layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
-def custom_objects() -> dict[str, type]:
-    """The layers a saved PP-MobileSeg ``.keras`` model needs (``FAMILY.custom_objects``)."""
-    return {cls.__name__: cls for cls in
-            (AxisMean, AxialPositionalEmbedding, SqueezeAxialAttention, ResizeBilinear, HardSigmoid, DropPath)}
+CUSTOM_OBJECTS = MappingProxyType({cls.__name__: cls for cls in (
+    AxisMean, AxialPositionalEmbedding, SqueezeAxialAttention, ResizeBilinear, HardSigmoid, DropPath)})
+"""The layers a saved PP-MobileSeg ``.keras`` model needs (``FAMILY.custom_objects``)."""

@@ -31,7 +31,6 @@ import numpy as np
 from segzoo.errors import ModelError
 from segzoo.models.pp_mobileseg.params import PPMobileSegParams
 from segzoo.models.pp_mobileseg.presets import ARCHITECTURES, Architecture, MV3Block
-from segzoo.models.pp_mobileseg.weights import load_pretrained
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -147,27 +146,27 @@ def mv3_stack(x: Any, index: int, arch: Architecture, params: PPMobileSegParams)
 
 
 # ----------------------------------------------------------------------------------------------- attention
-def _squeeze(x: Any, axis: int, params: PPMobileSegParams, name: str) -> Any:
-    """Mean over rows (``axis=1``) or columns (``axis=2``), kept as a ``[B,1,W,C]`` / ``[B,H,1,C]`` map."""
-    import keras
+def _squeeze(x: Any, axis: int, name: str) -> Any:
+    """Mean over rows (``axis=1``) or columns (``axis=2``), kept as a ``[B,1,W,C]`` / ``[B,H,1,C]`` map.
 
+    TFLite MEAN, which the STM32MP2 estimate places on the NPU. The same mean as an average pooling over the whole
+    row or column was measured too: the estimate is the same (both count one operation per input element on the
+    NPU) and TF 2.21's converter then leaves the row attention's value path in float (8 ops): not offered.
+    """
     from segzoo.models.pp_mobileseg.layers import AxisMean
 
-    if params.axis_mean == "pool":
-        size = (int(x.shape[1]), 1) if axis == 1 else (1, int(x.shape[2]))
-        return keras.layers.AveragePooling2D(size, name=name)(x)
     return AxisMean(axis, name=name)(x)
 
 
-def _axial_branch(q: Any, k: Any, v: Any, axis: int, key_dim: int, arch: Architecture,
-                  params: PPMobileSegParams, name: str, branch: str) -> Any:
+def _axial_branch(q: Any, k: Any, v: Any, axis: int, key_dim: int, arch: Architecture, name: str,
+                  branch: str) -> Any:
     """Squeeze ``q, k, v`` along ``axis`` (1: mean over rows -> column attention), attend, encode."""
     from segzoo.models.pp_mobileseg.layers import AxialPositionalEmbedding, SqueezeAxialAttention
 
     position_axis = 2 if axis == 1 else 1
-    qs = _squeeze(q, axis, params, f"{name}.{branch}_q_mean")
-    ks = _squeeze(k, axis, params, f"{name}.{branch}_k_mean")
-    vs = _squeeze(v, axis, params, f"{name}.{branch}_v_mean")
+    qs = _squeeze(q, axis, f"{name}.{branch}_q_mean")
+    ks = _squeeze(k, axis, f"{name}.{branch}_k_mean")
+    vs = _squeeze(v, axis, f"{name}.{branch}_v_mean")
     qs = AxialPositionalEmbedding(position_axis, arch.pos_embed_len, name=f"{name}.pos_emb_{branch}q")(qs)
     ks = AxialPositionalEmbedding(position_axis, arch.pos_embed_len, name=f"{name}.pos_emb_{branch}k")(ks)
     out = SqueezeAxialAttention(arch.num_heads, key_dim, position_axis, name=f"{name}.{branch}_attention")(
@@ -194,8 +193,8 @@ def sea_attention(x: Any, dim: int, key_dim: int, arch: Architecture, params: PP
     qkv = _bn(_dwconv(qkv, f"{name}.dwconv.c", kernel=3), f"{name}.dwconv.bn")
     qkv = conv_bn(activation(qkv, "relu6", f"{name}.act"), dim, f"{name}.pwconv")
     # row attention: squeeze the columns (mean over W), attend along H; column attention the other way round
-    rows = _axial_branch(q, k, v, 2, key_dim, arch, params, name, "row")
-    columns = _axial_branch(q, k, v, 1, key_dim, arch, params, name, "column")
+    rows = _axial_branch(q, k, v, 2, key_dim, arch, name, "row")
+    columns = _axial_branch(q, k, v, 1, key_dim, arch, name, "column")
     xx = keras.layers.Add(name=f"{name}.row_plus_column")([rows, columns])
     xx = keras.layers.Add(name=f"{name}.plus_v")([v, xx])
     xx = conv_bn(activation(xx, "relu6", f"{name}.proj.0"), dim, f"{name}.proj.1")
@@ -319,7 +318,10 @@ def _check(params: PPMobileSegParams, num_classes: Any) -> None:
 
 
 def build(params: PPMobileSegParams, num_classes: int) -> "keras.Model":
-    """The PP-MobileSeg Keras model of ``params`` (ends at low-resolution logits); ModelError for bad options."""
+    """The PP-MobileSeg Keras model of ``params`` (ends at low-resolution logits); ModelError for bad options.
+
+    ``params.pretrained_weights`` is loaded by the registry (:func:`segzoo.models.registry.build_from_params`).
+    """
     _check(params, num_classes)
     import keras
 
@@ -339,6 +341,5 @@ def build(params: PPMobileSegParams, num_classes: int) -> "keras.Model":
             features.append(x)
     logits = head(aam(features, arch), num_classes, params.dropout)
     model = keras.Model(inputs, logits, name=f"pp_mobileseg_{params.variant}")
-    load_pretrained(model, params.pretrained_weights)
     log.debug("built %s: input %s, logits %s", model.name, tuple(params.input_shape), tuple(logits.shape[1:]))
     return model

@@ -24,8 +24,6 @@ class PPMobileSegParams(ModelParams):
     - ``padding``: strided convolutions pad ``k // 2`` on every side (``symmetric``, official: an explicit PAD op
       before each of them) or as TensorFlow's ``same`` (no PAD op; the sampling grid moves by one input pixel, so
       official weights need ``symmetric``). Not exact for imported weights; equivalent when training from scratch.
-    - ``axis_mean``: the squeeze-axial means of the attention as ``mean`` (official form) or ``pool`` (an
-      average pooling over the whole row or column). Exact.
     - ``input_normalization``: ``imagenet`` puts the official per-channel normalization
       ``(x - mean) / std`` inside the model as a fixed 1x1 depthwise convolution (NPU), for images rescaled to
       [0, 1]; ``none`` leaves the input as it comes (segzoo's default rescaling to [-1, 1]).
@@ -36,7 +34,6 @@ class PPMobileSegParams(ModelParams):
     variant: Literal["tiny", "base"] = "tiny"
     activation: Literal["hardswish", "relu", "relu6"] = "hardswish"
     padding: Literal["symmetric", "same"] = "symmetric"
-    axis_mean: Literal["mean", "pool"] = "mean"
     input_normalization: Literal["none", "imagenet"] = "none"
     dropout: float = 0.1
     drop_path_rate: float = 0.1
@@ -57,11 +54,6 @@ class PPMobileSegParams(ModelParams):
             errors.append(f"input_shape: {channels} channels; PP-MobileSeg takes 3 (RGB) or 1 (grayscale)")
         if self.input_normalization == "imagenet" and channels != 3:
             errors.append("input_normalization: 'imagenet' needs 3 input channels (RGB)")
-        if isinstance(self.pretrained_weights, str):
-            from segzoo.models.pp_mobileseg.weights import SOURCES, source_conflicts
-
-            if self.pretrained_weights in SOURCES:
-                errors += source_conflicts(self.pretrained_weights, self.to_dict())
         for key in ("dropout", "drop_path_rate"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from segzoo.checkpoints import WeightPlan, assign_weights, conv_oihw_to_hwio, depthwise_oihw_to_hwim, identity
 from segzoo.errors import ModelError
 from segzoo.models.base import WeightSource
 
@@ -40,58 +40,19 @@ SCHEMAS: tuple[str, ...] = ("paddle", "mmseg")
 FIXED_LAYERS: tuple[str, ...] = ("input_normalization",)
 """Layers whose weights are constants of the architecture, never read from a checkpoint."""
 BACKBONE_PREFIX = "backbone."
-SHOWN = 8
 CLASSIFIER = "decode_head.conv_seg."
 """Keys of the class-logits convolution, left out when a whole-model checkpoint has another number of classes."""
 
 
-# ------------------------------------------------------------------------------------------- transforms
-def conv_kernel(weight: np.ndarray) -> np.ndarray:
-    """``[O, I, kh, kw]`` -> Keras ``Conv2D`` ``[kh, kw, I, O]``."""
-    return np.transpose(weight, (2, 3, 1, 0))
-
-
-def depthwise_kernel(weight: np.ndarray) -> np.ndarray:
-    """``[C, 1, kh, kw]`` -> Keras ``DepthwiseConv2D`` ``[kh, kw, C, 1]``."""
-    return np.transpose(weight, (2, 3, 0, 1))
-
-
-def identity(weight: np.ndarray) -> np.ndarray:
-    """The array unchanged."""
-    return weight
-
-
-def _official_shape(variable: Any, transform: Callable) -> tuple[int, ...]:
-    """The official shape that ``transform`` turns into the Keras variable's shape."""
-    shape = tuple(int(d) for d in variable.shape)
-    if transform is conv_kernel:
-        return (shape[3], shape[2], shape[0], shape[1])
-    if transform is depthwise_kernel:
-        return (shape[2], shape[3], shape[0], shape[1])
-    return shape
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One Keras variable, the official key that fills it, and the array transform."""
-
-    variable: Any
-    key: str
-    transform: Callable[[np.ndarray], np.ndarray]
-
-    @property
-    def official_shape(self) -> tuple[int, ...]:
-        return _official_shape(self.variable, self.transform)
-
-
 # ---------------------------------------------------------------------------------------------- key maps
-_SUFFIXES = {
-    "Conv2D": {"kernel": ("weight", conv_kernel), "bias": ("bias", identity)},
-    "DepthwiseConv2D": {"kernel": ("weight", depthwise_kernel), "bias": ("bias", identity)},
+_SUFFIXES: Mapping[str, Mapping[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]] = MappingProxyType({
+    "Conv2D": {"kernel": ("weight", conv_oihw_to_hwio), "bias": ("bias", identity)},
+    "DepthwiseConv2D": {"kernel": ("weight", depthwise_oihw_to_hwim), "bias": ("bias", identity)},
     "BatchNormalization": {"gamma": ("weight", identity), "beta": ("bias", identity),
                            "moving_mean": ("_mean", identity), "moving_variance": ("_variance", identity)},
     "AxialPositionalEmbedding": {"pos_embed": ("pos_embed", identity)},
-}
+})
+"""Keras layer kind -> variable name -> (PaddleSeg suffix, layout transform)."""
 
 _MMSEG_RULES: tuple[tuple[str, str], ...] = (
     (r"\.mid_se\.conv([12])\.", r".mid_se.conv_act\1.conv."),
@@ -113,31 +74,9 @@ def mmseg_key(paddle_key: str) -> str:
     return key
 
 
-def plan(model: "keras.Model", schema: str = "paddle", scope: str = "model") -> list[Entry]:
-    """Entries for every checkpoint weight of ``model`` in ``scope`` (``model``, ``backbone`` or ``aam``).
-
-    ``backbone``: the MobileNetV3 stacks and attention stages (``backbone.smb*``, ``backbone.trans*``); ``aam``:
-    ``backbone.inj_module``. Keys keep their ``backbone.`` prefix. ModelError for a layer kind with no mapping.
-    """
-    if schema not in SCHEMAS:
-        raise ModelError(f"unknown checkpoint schema {schema!r}; choose one of {', '.join(SCHEMAS)}")
-    entries: list[Entry] = []
-    for layer in model.layers:
-        if not layer.weights or layer.name in FIXED_LAYERS or not _in_scope(layer.name, scope):
-            continue
-        kind = type(layer).__name__
-        if kind not in _SUFFIXES:
-            raise ModelError(f"layer '{layer.name}' ({kind}) has weights but no checkpoint mapping")
-        for variable in layer.weights:
-            suffix, transform = _SUFFIXES[kind][variable.name]
-            key = f"{layer.name}.{suffix}"
-            entries.append(Entry(variable, mmseg_key(key) if schema == "mmseg" else key, transform))
-    return entries
-
-
 def _in_scope(name: str, scope: str) -> bool:
     if scope == "model":
-        return True
+        return name not in FIXED_LAYERS
     if scope == "backbone":
         return name.startswith(("backbone.smb", "backbone.trans"))
     if scope == "aam":
@@ -145,43 +84,39 @@ def _in_scope(name: str, scope: str) -> bool:
     raise ModelError(f"unknown weight scope {scope!r}; choose model, backbone or aam")
 
 
-# -------------------------------------------------------------------------------------------- assignment
-def _listed(keys: list[str]) -> str:
-    return ", ".join(keys[:SHOWN]) + (f", ... ({len(keys)} in all)" if len(keys) > SHOWN else "")
+def scope_layers(model: "keras.Model", scope: str) -> list[Any]:
+    """The layers with checkpoint weights in ``scope`` (``model``: all but :data:`FIXED_LAYERS`)."""
+    return [layer for layer in model.layers if layer.weights and _in_scope(layer.name, scope)]
 
 
-def check_entries(entries: list[Entry], state: Mapping[str, np.ndarray], source: str,
-                  ignore: tuple[str, ...] = ()) -> None:
-    """ModelError naming planned-twice variables/keys, missing keys, unused keys and shape mismatches."""
-    keys = [e.key for e in entries]
-    twice = sorted({k for k in keys if keys.count(k) > 1})
-    if twice:
-        raise ModelError(f"{source}: the weight plan uses these keys more than once: {_listed(twice)}")
-    planned = set(keys)
-    missing = [k for k in keys if k not in state]
-    unused = sorted(k for k in state if k not in planned and not any(i in k for i in ignore))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} weight(s) the model needs are missing from the file: {_listed(missing)}")
-    if unused:
-        problems.append(f"{len(unused)} key(s) in the file are used by no layer: {_listed(unused)}")
-    bad = [f"{e.key} (file {tuple(np.shape(state[e.key]))}, model needs {e.official_shape})"
-           for e in entries if e.key in state and tuple(np.shape(state[e.key])) != e.official_shape]
-    if bad:
-        problems.append(f"{len(bad)} weight(s) have the wrong shape: {_listed(bad)}")
-    if problems:
-        raise ModelError(f"{source}: checkpoint does not match this PP-MobileSeg model: " + "; ".join(problems)
-                         + ". Check training.model.variant and the number of classes against the checkpoint.")
+def plan(model: "keras.Model", schema: str = "paddle", scope: str = "model") -> WeightPlan:
+    """The weight plan of every checkpoint weight of ``model`` in ``scope`` (``model``, ``backbone`` or ``aam``).
+
+    ``backbone``: the MobileNetV3 stacks and attention stages (``backbone.smb*``, ``backbone.trans*``); ``aam``:
+    ``backbone.inj_module``. Keys keep their ``backbone.`` prefix. ModelError for a layer kind with no mapping.
+    """
+    if schema not in SCHEMAS:
+        raise ModelError(f"unknown checkpoint schema {schema!r}; choose one of {', '.join(SCHEMAS)}")
+    weight_plan = WeightPlan()
+    for layer in scope_layers(model, scope):
+        kind = type(layer).__name__
+        if kind not in _SUFFIXES:
+            raise ModelError(f"layer '{layer.name}' ({kind}) has weights but no checkpoint mapping")
+        for variable in layer.weights:
+            suffix, transform = _SUFFIXES[kind][variable.name]
+            key = f"{layer.name}.{suffix}"
+            weight_plan.add(variable, mmseg_key(key) if schema == "mmseg" else key, transform)
+    return weight_plan
 
 
-def assign(entries: list[Entry], state: Mapping[str, np.ndarray], source: str,
-           ignore: tuple[str, ...] = ()) -> int:
-    """Fill every entry's variable from ``state`` after :func:`check_entries`; the number of variables filled."""
-    check_entries(entries, state, source, ignore)
-    for entry in entries:
-        value = entry.transform(np.asarray(state[entry.key], dtype=np.float32))
-        entry.variable.assign(value)
-    return len(entries)
+def official_shape(entry: Any) -> tuple[int, ...]:
+    """The checkpoint shape of a planned weight (the inverse of its layout transform)."""
+    shape = tuple(int(d) for d in entry.variable.shape)
+    if entry.transform is conv_oihw_to_hwio:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if entry.transform is depthwise_oihw_to_hwim:
+        return (shape[2], shape[3], shape[0], shape[1])
+    return shape
 
 
 # ------------------------------------------------------------------------------------------------ imports
@@ -199,6 +134,21 @@ def _classes_in(state: Mapping[str, np.ndarray]) -> int | None:
     return None if weight is None else int(np.shape(weight)[0])
 
 
+def _assign(model: "keras.Model", weight_plan: WeightPlan, scopes: tuple[str, ...], state: Mapping[str, np.ndarray],
+            schema: str, source: str, skip: str = "") -> int:
+    """Fill the plan; every weight of the layers in ``scopes`` (but ``skip``-prefixed ones) must be planned."""
+    covered = SimpleNamespace(weights=[w for scope in scopes for layer in scope_layers(model, scope)
+                                       if not (skip and layer.name.startswith(skip.rstrip(".")))
+                                       for w in layer.weights])
+    ignore = ("num_batches_tracked",) if schema == "mmseg" else ()
+    try:
+        report = assign_weights(weight_plan, state, ignore=ignore, source=source, model=covered)
+    except ModelError as exc:
+        raise ModelError(f"{exc}\nCheck training.model.variant (tiny/base) and the number of classes against the "
+                         f"checkpoint.") from None
+    return report.assigned
+
+
 def import_state_dict(model: "keras.Model", state: Mapping[str, np.ndarray], schema: str = "paddle",
                       source: str = "<state dict>") -> dict:
     """Fill ``model`` from a flat name -> array dict (see the module docstring); a summary of what was filled.
@@ -207,25 +157,24 @@ def import_state_dict(model: "keras.Model", state: Mapping[str, np.ndarray], sch
     convolution (``decode_head.conv_seg``), which keeps its initialisation (fine-tuning on another dataset); this
     is logged as a warning.
     """
-    ignore = ("num_batches_tracked",) if schema == "mmseg" else ()
     state, scope = _split_scope(state)
     if scope == "model":
-        entries = plan(model, schema, "model")
+        weight_plan = plan(model, schema, "model")
         file_classes, model_classes = _classes_in(state), int(model.outputs[0].shape[-1])
+        skip = ""
         if file_classes is not None and file_classes != model_classes:
             log.warning("%s has %d classes, the model %d: every weight but %s* is loaded; the class logits start "
                         "from their initialisation", source, file_classes, model_classes, CLASSIFIER)
-            entries = [e for e in entries if not e.key.startswith(CLASSIFIER)]
+            skip = CLASSIFIER
+            weight_plan = WeightPlan([e for e in weight_plan if not e.key.startswith(CLASSIFIER)])
             state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER)}
-        filled = assign(entries, state, source, ignore)
-        return {"source": source, "schema": schema, "scope": "model" if file_classes == model_classes
-                else "model without classifier", "variables": filled}
-    entries = plan(model, schema, "backbone")
-    aam = plan(model, schema, "aam")
+        filled = _assign(model, weight_plan, ("model",), state, schema, source, skip)
+        return {"source": source, "schema": schema, "scope": "model without classifier" if skip else "model",
+                "variables": filled}
     has_aam = any(k.startswith(BACKBONE_PREFIX + "inj_module.") for k in state)
-    if has_aam:
-        entries += aam
-    filled = assign(entries, state, source, ignore)
+    scopes = ("backbone", "aam") if has_aam else ("backbone",)
+    weight_plan = WeightPlan([e for scope in scopes for e in plan(model, schema, scope)])
+    filled = _assign(model, weight_plan, scopes, state, schema, source)
     log.info("%s: backbone weights loaded (%d variables%s); the %s keep their initialisation", source, filled,
              ", AAM included" if has_aam else "", "head" if has_aam else "AAM and head")
     return {"source": source, "schema": schema, "scope": "backbone+aam" if has_aam else "backbone",
@@ -236,24 +185,32 @@ def read_checkpoint_state(path: str | Path) -> dict[str, np.ndarray]:
     """Flat name -> array of a ``.pdparams`` / ``.pth`` file, read without executing code from it."""
     from segzoo.checkpoints import read_state_dict
 
-    return read_state_dict(path, strip=("model.", "module."))
+    return read_state_dict(path, strip=("module.",))
 
 
-def import_paddle(model: "keras.Model", path: str | Path) -> dict:
+def import_paddle(model: "keras.Model", path: str | Path, params: Any = None) -> None:
     """PaddleSeg ``.pdparams`` (whole model or StrideFormer backbone) into ``model``."""
-    return import_state_dict(model, read_checkpoint_state(path), "paddle", str(path))
+    import_state_dict(model, read_checkpoint_state(path), "paddle", str(path))
 
 
-def import_mmseg(model: "keras.Model", path: str | Path) -> dict:
+def import_mmseg(model: "keras.Model", path: str | Path, params: Any = None) -> None:
     """mmsegmentation ``.pth`` (whole model or backbone) into ``model``."""
-    return import_state_dict(model, read_checkpoint_state(path), "mmseg", str(path))
+    import_state_dict(model, read_checkpoint_state(path), "mmseg", str(path))
 
 
-IMPORTERS: Mapping[str, str] = MappingProxyType({
-    ".pdparams": "segzoo.models.pp_mobileseg.weights:import_paddle",
-    ".pth": "segzoo.models.pp_mobileseg.weights:import_mmseg",
+IMPORTERS: Mapping[str, Callable[..., None]] = MappingProxyType({
+    ".pdparams": import_paddle, ".pth": import_mmseg,
 })
 """File suffix -> importer, for ``pretrained_weights`` given as a path."""
+
+
+def import_file(model: "keras.Model", path: str | Path, params: Any = None) -> None:
+    """``pretrained_weights`` given as a path: PaddleSeg ``.pdparams`` or mmsegmentation ``.pth`` by suffix."""
+    importer = IMPORTERS.get(Path(path).suffix.lower())
+    if importer is None:
+        raise ModelError(f"training.model.pretrained_weights: '{path}' is neither a PaddleSeg .pdparams nor an "
+                         f"mmsegmentation .pth file (suffixes {', '.join(IMPORTERS)}).")
+    importer(model, path, params)
 
 
 # ------------------------------------------------------------------------------------------ official files
@@ -265,10 +222,10 @@ OFFICIAL_FORM: Mapping[str, str] = MappingProxyType(
 
 
 def _source(name: str, variant: str, file_name: str, url: str, importer: str, num_classes: int | None,
-            description: str) -> WeightSource:
+            description: str, sha256: str | None = None) -> WeightSource:
     return WeightSource(name=name, file_name=file_name, url=url, importer=f"segzoo.models.pp_mobileseg.weights:"
-                        f"{importer}", params={"variant": variant, **OFFICIAL_FORM}, num_classes=num_classes,
-                        description=description)
+                        f"{importer}", sha256=sha256, params={"variant": variant, **OFFICIAL_FORM},
+                        num_classes=num_classes, description=description)
 
 
 SOURCES: Mapping[str, WeightSource] = MappingProxyType({s.name: s for s in (
@@ -285,57 +242,12 @@ SOURCES: Mapping[str, WeightSource] = MappingProxyType({s.name: s for s in (
     _source("mmseg_tiny", "tiny", "pp_mobileseg_mobilenetv3_3rdparty-tiny-e4b35e96.pth",
             f"{_MMSEG}/pp_mobileseg_mobilenetv3_3rdparty-tiny-e4b35e96.pth", "import_mmseg", None,
             "mmsegmentation's conversion of the PaddleSeg tiny weights (projects/pp_mobileseg; loaded there as the "
-            "backbone checkpoint). OpenMMLab names files after the first 8 hex digits of their sha256: e4b35e96."),
+            "backbone checkpoint).", sha256="e4b35e96"),
     _source("mmseg_base", "base", "pp_mobileseg_mobilenetv3_3rdparty-base-ed0be681.pth",
             f"{_MMSEG}/pp_mobileseg_mobilenetv3_3rdparty-base-ed0be681.pth", "import_mmseg", None,
             "mmsegmentation's conversion of the PaddleSeg base weights (projects/pp_mobileseg; loaded there as the "
-            "backbone checkpoint). sha256 starts with ed0be681 (OpenMMLab file naming)."),
+            "backbone checkpoint).", sha256="ed0be681"),
 )})
-"""Official checkpoints (``training.model.pretrained_weights``); no sha256 is published for any of them."""
+"""Official checkpoints (``training.model.pretrained_weights``). PaddleSeg publishes no checksum; OpenMMLab names
+its files after the first 8 hex digits of their sha256, which are checked (a prefix) after a download."""
 
-
-def source_conflicts(name: str, params: Mapping[str, Any]) -> list[str]:
-    """``"<key>: ..."`` for each option of ``params`` that the official source ``name`` cannot run under."""
-    source = SOURCES[name]
-    return [f"{key}: pretrained_weights '{name}' needs {key}={value!r} (got {params.get(key)!r})"
-            for key, value in source.params.items() if params.get(key) != value]
-
-
-def weights_dir() -> Path:
-    """Where named official checkpoints are looked for: the Keras cache folder (nothing is ever downloaded)."""
-    from segzoo.models.deeplabv3 import keras_cache_dir
-
-    return keras_cache_dir()
-
-
-def resolve_pretrained(value: str) -> tuple[Path, str]:
-    """``(file, importer)`` of ``pretrained_weights``: a source name of :data:`SOURCES` or a checkpoint path."""
-    if value in SOURCES:
-        source = SOURCES[value]
-        path = weights_dir() / source.file_name
-        if not path.is_file():
-            raise ModelError(f"pretrained_weights '{value}': file '{source.file_name}' is not in '{path.parent}'. "
-                             f"segzoo never downloads weights at run time: fetch {source.url} on a machine with "
-                             f"network access and save it there under that name (or set KERAS_HOME).")
-        return path, source.importer
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise ModelError(f"pretrained_weights: no file '{path}' and no official source of that name; give a "
-                         f".pdparams or .pth file or one of {', '.join(SOURCES)}.")
-    importer = IMPORTERS.get(path.suffix.lower())
-    if importer is None:
-        raise ModelError(f"pretrained_weights: '{path}' is neither a PaddleSeg .pdparams nor an mmsegmentation .pth "
-                         f"file (suffixes {', '.join(IMPORTERS)}).")
-    return path, importer
-
-
-def load_pretrained(model: "keras.Model", value: str | None) -> dict | None:
-    """Import ``pretrained_weights`` (source name or path) into ``model``; None when there is nothing to load."""
-    if value is None:
-        return None
-    from segzoo.models.base import resolve
-
-    path, importer = resolve_pretrained(str(value))
-    summary = resolve(importer)(model, path)
-    log.info("pretrained weights %s: %s, %d variables", path, summary["scope"], summary["variables"])
-    return summary
