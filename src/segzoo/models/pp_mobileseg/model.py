@@ -226,7 +226,7 @@ def transformer_stage(x: Any, index: int, arch: Architecture, params: PPMobileSe
     depth, dim = arch.depths[index], arch.embed_dims[index]
     if int(x.shape[-1]) != dim:
         raise ModelError(f"PP-MobileSeg: stage {index + 3} gives {x.shape[-1]} channels, the attention expects {dim}")
-    rates = np.linspace(0.0, params.drop_path_rate, depth) if depth > 1 else [0.0]
+    rates = np.linspace(0.0, params.drop_path_rate, depth)  # PaddleSeg: linspace(0, drop_path_rate, depth)
     for i in range(depth):
         name = f"backbone.trans{index + 1}.transformer_blocks.{i}"
         x = _residual(x, sea_attention(x, dim, arch.key_dims[index], arch, params, f"{name}.attn"),
@@ -288,13 +288,11 @@ def head(x: Any, num_classes: int, dropout: float) -> Any:
     """PPMobileSegHead: depthwise 1x1 conv + BN + ReLU, dropout, 1x1 conv (bias) to the logits."""
     import keras
 
-    channels = int(x.shape[-1])
     x = keras.layers.DepthwiseConv2D(1, use_bias=False, depthwise_initializer="he_normal",
                                      name="decode_head.linear_fuse.conv")(x)
     x = activation(_bn(x, "decode_head.linear_fuse.bn"), "relu", "decode_head.linear_fuse.act")
     if dropout > 0:
         x = keras.layers.SpatialDropout2D(dropout, name="decode_head.dropout")(x)
-    del channels
     return keras.layers.Conv2D(num_classes, 1, kernel_initializer="he_normal", name="decode_head.conv_seg")(x)
 
 
