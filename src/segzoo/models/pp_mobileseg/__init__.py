@@ -28,7 +28,7 @@ FAMILY = Family(
         "pp_mobileseg_base_ade20k": {"variant": "base", **OFFICIAL_FORM, "input_shape": [512, 512, 3],
                                      "num_classes": 150},
         "pp_mobileseg_tiny_npu_camvid": {"variant": "tiny", "activation": "relu", "padding": "same",
-                                         "input_shape": [352, 480, 3], "num_classes": 11},
+                                         "input_shape": [192, 256, 3], "num_classes": 11},
     },
     tiny_input_shape=(64, 64, 3),
 )
