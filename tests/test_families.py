@@ -13,7 +13,19 @@ from segzoo.models.registry import family_names, get_family
 
 keras = pytest.importorskip("keras")
 
-CASES = [(name, preset) for name in family_names() for preset in get_family(name).presets]
+
+def _cases() -> list:
+    """Every family's first preset in the default run; its other presets are ``slow`` (the same code path, larger
+    graphs), so the default test run stays fast as families are added."""
+    cases = []
+    for name in family_names():
+        for i, preset in enumerate(get_family(name).presets):
+            marks = () if i == 0 else (pytest.mark.slow,)
+            cases.append(pytest.param(name, preset, marks=marks, id=f"{name}-{preset}"))
+    return cases
+
+
+CASES = _cases()
 
 
 def _tiny_params(name: str, preset: str):

@@ -340,6 +340,23 @@ def test_saved_model_reloads_with_the_same_outputs(built, tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_saved_model_loads_in_a_fresh_process_everywhere_a_keras_file_is_read(built, tmp_path) -> None:
+    """Quantization, analysis and the named runner load a saved PP-MobileSeg without importing its layers first."""
+    path = tmp_path / "tiny.keras"
+    built["tiny"][0].save(path)
+    code = (f"import sys; path = {str(path)!r}\n"
+            "from segzoo.quantization.quantize import load_float_model\n"
+            "from segzoo.benchmarking.analysis import analyze_keras\n"
+            "from segzoo.runtime.keras import KerasNamedRunner\n"
+            "from pathlib import Path\n"
+            "assert load_float_model(Path(path)).name == 'pp_mobileseg_tiny'\n"
+            "assert analyze_keras(path)['macs'] > 0\n"
+            "KerasNamedRunner(path)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
+                   env={"PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.slow
 def test_int8_per_tensor_placement_of_original_and_npu_variants(tmp_path) -> None:
     """Batch-1 int8 per-tensor TFLite of tiny; the STM32MP2 estimate places every op; NPU variant >= 90% NPU."""
     from segzoo.benchmarking.estimate import estimate_stm32mp2

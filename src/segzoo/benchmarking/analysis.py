@@ -256,10 +256,11 @@ def analyze_keras(path: str | Path) -> dict:
     import keras
 
     from segzoo.models.analysis import summarize
+    from segzoo.models.registry import custom_objects
 
     path = Path(path)
     try:
-        model = keras.saving.load_model(str(path), compile=False)
+        model = keras.saving.load_model(str(path), compile=False, custom_objects=custom_objects())
     except Exception as exc:  # noqa: BLE001 - any loader failure names the file
         raise ModelError(f"{path}: cannot load Keras model: {type(exc).__name__}: {exc}") from exc
     return {"format": path.suffix.lstrip("."), "path": str(path), "size_bytes": path.stat().st_size,

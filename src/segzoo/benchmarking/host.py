@@ -99,7 +99,9 @@ class HostModel:
         import keras
         import tensorflow as tf
 
-        model = keras.saving.load_model(str(self.path), compile=False)
+        from segzoo.models.registry import custom_objects
+
+        model = keras.saving.load_model(str(self.path), compile=False, custom_objects=custom_objects())
         specs = [tf.TensorSpec([1, *t.shape[1:]], t.dtype) for t in model.inputs]
         inputs = [tf.constant(random_input(s.shape, s.dtype.as_numpy_dtype, seed=i)) for i, s in enumerate(specs)]
         forward = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False),

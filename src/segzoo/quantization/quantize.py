@@ -82,8 +82,10 @@ def load_float_model(path: Path):
         return model
     import keras
 
+    from segzoo.models.registry import custom_objects
+
     try:
-        return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False, custom_objects=custom_objects())
     except Exception as exc:  # Keras raises many types for unreadable files
         raise ModelError(f"cannot load the float model {path}: {exc}") from exc
 

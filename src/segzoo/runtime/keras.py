@@ -28,10 +28,12 @@ class KerasNamedRunner:
         import keras
         import tensorflow as tf
 
+        from segzoo.models.registry import custom_objects
+
         if isinstance(model, (str, Path)):
             path = verified(model)
             try:
-                model = keras.saving.load_model(str(path), compile=False)
+                model = keras.saving.load_model(str(path), compile=False, custom_objects=custom_objects())
             except Exception as exc:  # any loader failure becomes a user-facing error naming the file
                 raise ModelError(f"{path}: cannot load model: {type(exc).__name__}: {exc}") from exc
             name = name or path.stem
