@@ -45,6 +45,20 @@ def test_params_defaults_and_checks():
     assert len(problems) == 4
 
 
+def test_config_validates_pidnet_keys_through_the_registry():
+    from segzoo.models.registry import make_params
+
+    params = make_params("pidnet", variant="m", loss={"ohem_min_kept": 1000, "align_corners": True})
+    assert (params.variant, params.loss.ohem_min_kept, params.loss.align_corners) == ("m", 1000, True)
+    with pytest.raises(ModelError, match=r"loss\.ohem_treshold: unknown key; did you mean "
+                                         r"training\.model\.loss\.ohem_threshold"):
+        make_params("pidnet", loss={"ohem_treshold": 0.5})
+    with pytest.raises(ModelError, match=r"variant: bad value 'x'; allowed values: s, m, l"):
+        make_params("pidnet", variant="x")
+    with pytest.raises(ModelError, match=r"360x480 .* multiples of 64.*nearest: 384x512"):
+        make_params("pidnet", input_shape=[360, 480, 3])
+
+
 def test_family_module_imports_no_tensorflow():
     code = ("import sys, segzoo.models.pidnet as p; assert p.FAMILY.name == 'pidnet'; "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
@@ -72,6 +86,7 @@ def test_family_entries_resolve():
 # ------------------------------------------------------------------------------------------------ counts
 @pytest.mark.parametrize("variant", ["s", "m", "l"])
 def test_parameter_counts_equal_official(variant):
+    from segzoo.models.__main__ import inference_parameters
     from segzoo.models.pidnet.model import build
 
     params = PidnetParams(variant=variant, input_shape=[64, 64, 3])
@@ -79,6 +94,7 @@ def test_parameter_counts_equal_official(variant):
     heads = sum(int(np.prod(w.shape)) for w in model.trainable_weights
                 if w.path.startswith(("seghead_p", "seghead_d")))
     assert _trainable(model) - heads == OFFICIAL_PARAMS[variant]
+    assert inference_parameters(model) == OFFICIAL_PARAMS[variant]  # what python -m segzoo.models lists
     assert sorted(model.output.keys()) == ["aux", "boundary", "logits"]
     assert [tuple(t.shape[1:]) for t in model.outputs] in ([(8, 8, 19), (8, 8, 19), (8, 8, 1)],
                                                           [(8, 8, 19), (8, 8, 1), (8, 8, 19)])
@@ -181,7 +197,9 @@ def test_renamed_missing_and_misshaped_keys_are_named(reference_case):
     assert "layer3_.1.bn2.running_varr" in str(err.value) and "renamed.pt" in str(err.value)
     wrong = dict(state)
     wrong["final_layer.conv2.weight"] = np.zeros((19, *state["final_layer.conv2.weight"].shape[1:]), np.float32)
-    with pytest.raises(ModelError, match=r"final_layer\.conv2\.weight: file \(19, 128, 1, 1\)"):
+    head = state["final_layer.conv2.weight"].shape[1]
+    with pytest.raises(ModelError, match=rf"final_layer\.conv2\.weight: file \(19, {head}, 1, 1\), model needs "
+                                         rf"\(1, 1, {head}, {NUM_CLASSES}\)"):
         load_state_dict(model, wrong)
     partial = {k: v for k, v in state.items() if not k.startswith("seghead_d.conv1")}
     with pytest.raises(ModelError, match=r"seghead_d\.conv1\.weight"):

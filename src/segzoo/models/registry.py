@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 FAMILY_PACKAGES: Mapping[str, str] = MappingProxyType({
     "deeplab_v3": "segzoo.models.deeplab_v3",
+    "pidnet": "segzoo.models.pidnet",
     "pp_mobileseg": "segzoo.models.pp_mobileseg",
 })
 """Family name -> the package whose ``FAMILY`` describes it."""

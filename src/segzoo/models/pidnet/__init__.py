@@ -9,8 +9,10 @@
 Official checkpoints: mmsegmentation publishes the converted ImageNet backbones and its Cityscapes models at stable
 URLs whose file names end with the first 8 hex digits of the file's sha256 (checked on import). The official
 repository's Google Drive links are not stable (its README says they stopped working); those files are listed
-without a URL: download them by hand and give their local path. All of them expect RGB input normalised with the
-ImageNet mean/std, ``(pixel / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]``.
+without a URL: download them by hand and put them in a folder of ``general.weights_dirs`` (or give their path as
+``pretrained_weights``). A trained checkpoint whose classifier has another number of classes than the model is
+imported without its heads. All of them expect RGB input normalised with the ImageNet mean/std,
+``(pixel / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]``.
 """
 
 from __future__ import annotations
@@ -33,8 +35,6 @@ OFFICIAL_TRAINED = {("cityscapes", "s"): "PIDNet_S_Cityscapes_test.pt",
                     ("cityscapes", "m"): "PIDNet_M_Cityscapes_test.pt",
                     ("cityscapes", "l"): "PIDNet_L_Cityscapes_test.pt",
                     ("camvid", "s"): "PIDNet_S_Camvid_Test.pt", ("camvid", "m"): "PIDNet_M_Camvid_Test.pt"}
-CITYSCAPES_SHAPE = [1024, 2048, 3]
-CAMVID_SHAPE = [704, 960, 3]
 IMPORT_ALL = "segzoo.models.pidnet.weights:import_weights"
 IMPORT_BACKBONE = "segzoo.models.pidnet.weights:import_backbone"
 DRIVE_NOTE = ("Published on the official repository's Google Drive, whose links are not stable (its README says they "
@@ -56,7 +56,7 @@ def _weight_sources() -> dict[str, WeightSource]:
         sources.append(WeightSource(
             name=f"cityscapes_{variant}", file_name=MMSEG_CITYSCAPES[variant].rsplit("/", 1)[1],
             url=f"{MMSEG_URL}/pidnet/{MMSEG_CITYSCAPES[variant]}", importer=IMPORT_ALL,
-            params={"variant": variant, "input_shape": CITYSCAPES_SHAPE}, num_classes=19,
+            params={"variant": variant}, num_classes=19,
             description=f"PIDNet-{upper} trained by mmsegmentation on Cityscapes (19 classes, 1024x1024 crops, "
                         f"120k iterations), with its training heads."))
         sources.append(WeightSource(
@@ -67,8 +67,7 @@ def _weight_sources() -> dict[str, WeightSource]:
         upper = variant.upper()
         sources.append(WeightSource(
             name=f"official_{dataset}_{variant}", file_name=file_name, url=None, importer=IMPORT_ALL,
-            params={"variant": variant, "input_shape": CITYSCAPES_SHAPE if dataset == "cityscapes" else CAMVID_SHAPE},
-            num_classes=19 if dataset == "cityscapes" else 11,
+            params={"variant": variant}, num_classes=19 if dataset == "cityscapes" else 11,
             description=f"The official PIDNet-{upper} {dataset} model (keys prefixed 'model.'). {DRIVE_NOTE}"))
     return {source.name: source for source in sources}
 
@@ -81,7 +80,12 @@ FAMILY = Family(
     losses="segzoo.models.pidnet.losses:loss_terms",
     targets=("boundary",),
     weights=_weight_sources(),
+    file_importer=IMPORT_ALL,
     custom_objects="segzoo.models.pidnet.model:CUSTOM_OBJECTS",
+    # one preset: the registry test converts every preset (M and L alone would take about 3 minutes there);
+    # M and L are training.model.variant m / l
+    presets={"pidnet_s_camvid_384x512": {"variant": "s", "input_shape": [384, 512, 3], "num_classes": 11}},
+    tiny_input_shape=(64, 64, 3),
     description=(
         "PIDNet-S/M/L (official XuJiacong/PIDNet): P (detail), I (context, PAPPM/DAPPM) and D (boundary) branches "
         "fused by Pag and Bag/Light-Bag, logits at 1/8 (x8 upsampling in the model with upsample: true, else on the "

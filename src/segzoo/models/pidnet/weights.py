@@ -326,22 +326,57 @@ def _assign(model: "keras.Model", values: list[tuple[Any, np.ndarray]], complete
 
 
 # ------------------------------------------------------------------------------------------------ files
+MMSEG_HASH = re.compile(r"-([0-9a-f]{8})\.pth$")
+"""mmsegmentation's published file names end with the first 8 hex digits of the file's sha256."""
+
+
+def check_hash_prefix(path: Path) -> None:
+    """ModelError if an mmsegmentation file name's sha256 prefix does not match the file's content."""
+    import hashlib
+
+    match = MMSEG_HASH.search(path.name)
+    if match is None:
+        return
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(match.group(1)):
+        raise ModelError(f"'{path}': its sha256 starts with {digest.hexdigest()[:8]}, but the published file's name "
+                         f"says {match.group(1)}: the file is damaged or not the published one; download it again.")
+
+
 def read_state(path: str | Path) -> dict[str, np.ndarray]:
     """The flat state dict of a PyTorch checkpoint file (read without executing code from it)."""
     from segzoo.checkpoints import read_state_dict
 
-    return read_state_dict(path)
-
-
-def import_weights(model: "keras.Model", path: str | Path, *, schema: str = "auto", part: str = "all") -> dict:
-    """Fill ``model`` from the checkpoint file ``path`` (see :func:`load_state_dict`)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"PIDNet checkpoint not found: '{path}'. Give the path of a downloaded .pt/.pth/.pth.tar "
                          f"file.")
-    return load_state_dict(model, read_state(path), source=str(path), schema=schema, part=part)
+    check_hash_prefix(path)
+    return read_state_dict(path)
 
 
-def import_backbone(model: "keras.Model", path: str | Path) -> dict:
-    """``import_weights(part="backbone")``: ImageNet checkpoints, or a trained model's features for new classes."""
-    return import_weights(model, path, part="backbone")
+def classifier_fits(model: "keras.Model", state: Mapping[str, Any]) -> bool:
+    """Whether ``state`` has a main classifier with the model's number of classes."""
+    state = normalize_keys(state)
+    key = "final_layer.conv2.weight" if detect_schema(state) == "official" else "decode_head.conv_seg.weight"
+    classes = int(model.get_layer("final_layer.conv2").kernel.shape[-1])
+    return key in state and int(np.shape(state[key])[0]) == classes
+
+
+def import_weights(model: "keras.Model", path: str | Path, params: Any = None) -> dict:
+    """Fill ``model`` from a checkpoint file: everything when its classifier has the model's classes, else the
+    backbone (the heads keep their initial values; logged)."""
+    state = read_state(path)
+    part = "all" if classifier_fits(model, state) else "backbone"
+    if part == "backbone":
+        log.info("%s: no classifier for %d classes in the file: importing the backbone only", path,
+                 int(model.get_layer("final_layer.conv2").kernel.shape[-1]))
+    return load_state_dict(model, state, source=str(path), part=part)
+
+
+def import_backbone(model: "keras.Model", path: str | Path, params: Any = None) -> dict:
+    """Fill ``model``'s backbone from a checkpoint file (ImageNet checkpoints; see :func:`load_state_dict`)."""
+    return load_state_dict(model, read_state(path), source=str(path), part="backbone")
