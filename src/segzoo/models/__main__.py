@@ -1,7 +1,9 @@
 """``python -m segzoo.models``: the model families, their presets and official checkpoints, with parameter counts.
 
-Parameters are counted on the exported (inference) model in the PyTorch convention: trainable weights, BatchNorm
-moving statistics excluded. ``--no-count`` lists without building any model (no TensorFlow).
+Parameters are counted in the PyTorch convention (trainable weights, BatchNorm moving statistics excluded) on the
+training graph's path to its main output ``logits``: the training-only heads are left out, and BatchNorm is counted
+unfolded (an export that folds BatchNorm into the convolutions has fewer weights than the published count).
+``--no-count`` lists without building any model (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -15,14 +17,22 @@ from segzoo.models.registry import family_names, get_family
 log = logging.getLogger("segzoo.models")
 
 
+def inference_parameters(model) -> int:
+    """Trainable parameters on the path to the main output (``logits`` of a training model with several outputs)."""
+    import keras
+
+    if isinstance(model.output, dict):
+        model = keras.Model(model.input, model.output["logits"])
+    return int(sum(int(w.numpy().size) for w in model.trainable_weights))
+
+
 def trainable_parameters(family: str, preset: dict) -> int:
-    """Trainable parameters of the exported model of a preset (PyTorch convention)."""
-    from segzoo.models.registry import build_from_params, export_model, make_params
+    """Trainable parameters of a preset's inference path (PyTorch convention, see the module docstring)."""
+    from segzoo.models.registry import build_from_params, make_params
 
     values = {k: v for k, v in preset.items() if k != "num_classes"}
     params = make_params(family, **values)
-    model = export_model(build_from_params(params, preset["num_classes"]), params)
-    return int(sum(int(w.numpy().size) for w in model.trainable_weights))
+    return inference_parameters(build_from_params(params, preset["num_classes"]))
 
 
 def listing(count: bool) -> list[str]:
