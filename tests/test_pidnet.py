@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from conftest import shared_path, tiny_training_config
 from reference import pidnet_loss_numpy as ref_loss
 from reference import pidnet_numpy as ref
 
@@ -144,6 +145,61 @@ def test_official_checkpoint_matches_numpy_forward(reference_case):
                   if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     heads = sum(int(np.prod(w.shape)) for w in model.trainable_weights if w.path.startswith(("seghead_",)))
     assert _trainable(model) - heads == counted
+
+
+def test_checkpoint_files_in_the_official_formats(reference_case, tmp_path, caplog):
+    """Synthetic checkpoints written as torch.save writes them, with the official key names and shapes: the official
+    .pt (FullModel state, "model." keys, a loss buffer), by path and by name through the registry; an mmsegmentation
+    .pth (zip, "state_dict" with "backbone."/"decode_head." keys); the official ImageNet .pth.tar (legacy format,
+    "state_dict" with DataParallel's "module." keys and a classifier)."""
+    from segzoo.checkpoints.writers import write_torch_legacy, write_torch_zip
+    from segzoo.models.pidnet.model import build
+    from segzoo.models.pidnet.weights import import_backbone
+    from segzoo.models.registry import load_pretrained
+
+    variant, state, image, expected, params, _ = reference_case
+    official = write_torch_zip(tmp_path / f"PIDNet_{variant.upper()}_Cityscapes_test.pt",
+                               {**{f"model.{k}": v for k, v in state.items()},
+                                "sem_loss.criterion.weight": np.ones(NUM_CLASSES, np.float32)})
+    model = build(params, NUM_CLASSES)
+    load_pretrained(model, replace(params, pretrained_weights=str(official)), NUM_CLASSES)
+    _assert_close(_outputs(model, image), expected)
+    named = replace(params, pretrained_weights=f"official_cityscapes_{variant}")
+    model = build(params, NUM_CLASSES)
+    assert load_pretrained(model, named, NUM_CLASSES, weights_dirs=[tmp_path]) == official
+    _assert_close(_outputs(model, image), expected)
+
+    renamed = {f"model.{k}": v for k, v in state.items()}
+    renamed["model.spp.scale_process.0.running_meen"] = renamed.pop("model.spp.scale_process.0.running_mean")
+    bad = write_torch_zip(tmp_path / "renamed.pt", renamed)
+    with pytest.raises(ModelError, match=r"renamed\.pt .*missing key\(s\) spp\.scale_process\.0\.running_mean;"
+                                         r".*nothing in the model uses: spp\.scale_process\.0\.running_meen"):
+        load_pretrained(build(params, NUM_CLASSES),
+                        replace(params, pretrained_weights=str(bad)), NUM_CLASSES)
+
+    zeroed = {k: (np.zeros_like(v) if k in ("conv1.0.bias", "conv1.3.bias") else v) for k, v in state.items()}
+    mmseg = {ref.official_to_mmseg(k): v for k, v in zeroed.items() if ref.official_to_mmseg(k) is not None}
+    mm_file = write_torch_zip(tmp_path / "pidnet_mmseg.pth", {"meta": {"mmseg_version": "1.0.0"}, "state_dict": mmseg})
+    from_mmseg, from_official = build(params, NUM_CLASSES), build(params, NUM_CLASSES)
+    load_pretrained(from_mmseg, replace(params, pretrained_weights=str(mm_file)), NUM_CLASSES)
+    from segzoo.models.pidnet.weights import load_state_dict
+
+    load_state_dict(from_official, zeroed)
+    np.testing.assert_array_equal(_outputs(from_mmseg, image)["logits"], _outputs(from_official, image)["logits"])
+    # an mmsegmentation file name carries its sha256 prefix: a file that does not match it is refused
+    wrong = mm_file.rename(tmp_path / "pidnet-s_2xb6-120k_1024x1024-cityscapes_20230302_191700-bb8e3bcc.pth")
+    with pytest.raises(ModelError, match="sha256 starts with .* name says bb8e3bcc"):
+        import_backbone(build(params, NUM_CLASSES), wrong)
+
+    imagenet = {f"module.{k}": v for k, v in state.items() if not k.startswith(("layer3_d", "layer4_d", "layer5_d",
+                                                                                  "diff", "seghead", "final_layer"))}
+    imagenet.update({"module.linear.weight": np.zeros((1000, 1024), np.float32)})
+    tar = write_torch_legacy(tmp_path / f"PIDNet_{variant.upper()}_ImageNet.pth.tar",
+                             {"epoch": 100, "state_dict": imagenet})
+    fresh = build(params, NUM_CLASSES)
+    summary = import_backbone(fresh, tar)
+    assert summary["unused"] == ["linear.weight"] and summary["schema"] == "official"
+    np.testing.assert_array_equal(fresh.get_layer("pag4.f_y.0").get_weights()[0], ref_oihw(state["pag4.f_y.0.weight"]))
 
 
 def test_export_keeps_logits_and_drops_heads(reference_case, tmp_path):
@@ -481,7 +537,7 @@ def test_boundary_map_equals_generate_edge_on_camvid():
     import cv2
     import tensorflow as tf
 
-    from segzoo.data.targets import TARGETS, boundary_map, make_target
+    from segzoo.data.targets import TARGETS, boundary_map, target_function
 
     folder = shared_path("datasets", "camvid", "CamVid", "trainannot")
     masks = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(folder.glob("*.png"))[:3]]
@@ -492,13 +548,15 @@ def test_boundary_map_equals_generate_edge_on_camvid():
             want = _reference_boundary(mask, width, 11)
             np.testing.assert_array_equal(got, want)
             assert 0.02 < (want == 1).mean() < 0.3
-    # batched, inside a tf.data map, with the width taken from the params
-    stack = np.stack(masks)
-    dataset = tf.data.Dataset.from_tensor_slices(stack).batch(3).map(
-        lambda m: make_target("boundary", m, PidnetParams(boundary_width=4), ignore_index=11))
+    # the registered target, with its width from the params, inside a tf.data map (per image, as the pipeline)
+    assert FAMILY.targets == ("boundary",) and "boundary" in TARGETS
+    fn = target_function("boundary", PidnetParams(boundary_width=3), 11)
+    dataset = tf.data.Dataset.from_tensor_slices(np.stack(masks).astype(np.int32)).map(fn).batch(3)
     np.testing.assert_array_equal(next(iter(dataset)).numpy(),
+                                  np.stack([_reference_boundary(m, 3, 11) for m in masks]))
+    # batched label maps give the same maps
+    np.testing.assert_array_equal(boundary_map(np.stack(masks), 4, 11).numpy(),
                                   np.stack([_reference_boundary(m, 4, 11) for m in masks]))
-    assert TARGETS["boundary"].options == {"width": "boundary_width"}
 
 
 # --------------------------------------------------------------------------------- TFLite and placement
@@ -536,3 +594,34 @@ def test_tflite_int8_per_tensor_and_stm32mp2_placement(tmp_path):
     assert {name for name, _ in off} == {"MUL", "DEQUANTIZE"}  # the gates' products and the float output
     assert estimate["op_types_by_unit"]["GPU"]["MUL"] == 6
     assert estimate["cpu_pct"] == 0.0 and estimate["npu_pct"] >= 95.0
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+@pytest.mark.slow
+def test_pidnet_trains_exports_quantizes_and_evaluates(tmp_path, dataset_root):
+    """chain_tqe with training.model.name=pidnet: the four losses logged and summed with their weights, the
+    checkpoint keeps the training heads, the exported and the int8 per-tensor models have one 1/8 output."""
+    import csv
+
+    import keras
+
+    from segzoo.cli import run
+
+    cfg = tiny_training_config(tmp_path, dataset_root, epochs=1, steps_per_epoch=3, batch_size=4)
+    cfg["operation_mode"] = "chain_tqe"
+    cfg["training"]["model"] = {"name": "pidnet", "input_shape": [64, 64, 3], "loss": {"ohem_min_kept": 2000}}
+    cfg["evaluation"] = {"max_images": 4}
+    cfg["quantization"] = {"calibration_images": 4}
+    results = run(cfg, run_dir=tmp_path / "run")
+    with open(tmp_path / "run" / "logs" / "training_log.csv") as handle:
+        row = next(csv.DictReader(handle))
+    total = (float(row["loss_main"]) + 0.4 * float(row["loss_aux"]) + 20 * float(row["loss_boundary"])
+             + float(row["loss_boundary_aware"]))
+    assert float(row["loss"]) == pytest.approx(total, rel=1e-3)
+    saved = tmp_path / "run" / "saved_models"
+    checkpoint = keras.saving.load_model(saved / "best_checkpoint.keras", compile=False)
+    exported = keras.saving.load_model(saved / "best_model.keras", compile=False)
+    assert sorted(checkpoint.output) == ["aux", "boundary", "logits"]
+    assert tuple(exported.output.shape[1:]) == (8, 8, 5)
+    assert results["quantization"]["npu_ready"] and results["quantization"]["granularity"] == "per_tensor"
+    assert 0.0 <= results["quantized_evaluation"]["miou"] <= 1.0

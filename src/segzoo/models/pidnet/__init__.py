@@ -7,7 +7,8 @@
 - :mod:`.weights`: official and mmsegmentation checkpoints into the training graph.
 
 Official checkpoints: mmsegmentation publishes the converted ImageNet backbones and its Cityscapes models at stable
-URLs whose file names end with the first 8 hex digits of the file's sha256 (checked on import). The official
+URLs whose file names end with the first 8 hex digits of the file's sha256 (the sources' ``sha256``, checked on
+download and on import). The official
 repository's Google Drive links are not stable (its README says they stopped working); those files are listed
 without a URL: download them by hand and put them in a folder of ``general.weights_dirs`` (or give their path as
 ``pretrained_weights``). A trained checkpoint whose classifier has another number of classes than the model is
@@ -41,6 +42,11 @@ DRIVE_NOTE = ("Published on the official repository's Google Drive, whose links 
               "stopped working): download it by hand and give its local path.")
 
 
+def _hash_prefix(file_name: str) -> str:
+    """The sha256 prefix mmsegmentation puts at the end of its file names (``...-bb8e3bcc.pth``)."""
+    return file_name.rsplit("-", 1)[1].split(".", 1)[0]
+
+
 def _weight_sources() -> dict[str, WeightSource]:
     """The named official checkpoints (mmsegmentation's at stable URLs; the official ones without a URL)."""
     sources: list[WeightSource] = []
@@ -49,6 +55,7 @@ def _weight_sources() -> dict[str, WeightSource]:
         sources.append(WeightSource(
             name=f"imagenet_{variant}", file_name=MMSEG_IMAGENET[variant],
             url=f"{MMSEG_URL}/pretrain/pidnet/{MMSEG_IMAGENET[variant]}", importer=IMPORT_BACKBONE,
+            sha256=_hash_prefix(MMSEG_IMAGENET[variant]),
             params={"variant": variant},
             description=f"PIDNet-{upper} ImageNet-1k backbone (mmsegmentation's conversion of the official "
                         f"PIDNet_{upper}_ImageNet.pth.tar; the file name ends with its sha256 prefix). Backbone only: "
@@ -56,6 +63,7 @@ def _weight_sources() -> dict[str, WeightSource]:
         sources.append(WeightSource(
             name=f"cityscapes_{variant}", file_name=MMSEG_CITYSCAPES[variant].rsplit("/", 1)[1],
             url=f"{MMSEG_URL}/pidnet/{MMSEG_CITYSCAPES[variant]}", importer=IMPORT_ALL,
+            sha256=_hash_prefix(MMSEG_CITYSCAPES[variant]),
             params={"variant": variant}, num_classes=19,
             description=f"PIDNet-{upper} trained by mmsegmentation on Cityscapes (19 classes, 1024x1024 crops, "
                         f"120k iterations), with its training heads."))

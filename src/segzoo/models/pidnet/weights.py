@@ -332,18 +332,15 @@ MMSEG_HASH = re.compile(r"-([0-9a-f]{8})\.pth$")
 
 def check_hash_prefix(path: Path) -> None:
     """ModelError if an mmsegmentation file name's sha256 prefix does not match the file's content."""
-    import hashlib
+    from segzoo.models.weights_store import sha256_of
 
     match = MMSEG_HASH.search(path.name)
     if match is None:
         return
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    if not digest.hexdigest().startswith(match.group(1)):
-        raise ModelError(f"'{path}': its sha256 starts with {digest.hexdigest()[:8]}, but the published file's name "
-                         f"says {match.group(1)}: the file is damaged or not the published one; download it again.")
+    actual = sha256_of(path)
+    if not actual.startswith(match.group(1)):
+        raise ModelError(f"'{path}': its sha256 starts with {actual[:8]}, but the published file's name says "
+                         f"{match.group(1)}: the file is damaged or not the published one; download it again.")
 
 
 def read_state(path: str | Path) -> dict[str, np.ndarray]:
