@@ -257,6 +257,11 @@ def test_renamed_missing_and_misshaped_keys_are_named(reference_case):
     with pytest.raises(ModelError, match=rf"final_layer\.conv2\.weight: file \(19, {head}, 1, 1\), model needs "
                                          rf"\(1, 1, {head}, {NUM_CLASSES}\)"):
         load_state_dict(model, wrong)
+    mmseg = {ref.official_to_mmseg(k): v for k, v in state.items() if ref.official_to_mmseg(k) is not None}
+    mmseg["backbone.spp.scales.4.1.bn.running_vr"] = mmseg.pop("backbone.spp.scales.4.1.bn.running_var")
+    with pytest.raises(ModelError, match=r"\(mmseg PIDNet key names\).*missing key\(s\) "
+                                         r"backbone\.spp\.scales\.4\.1\.bn\.running_var;.*running_vr"):
+        load_state_dict(model, mmseg)
     partial = {k: v for k, v in state.items() if not k.startswith("seghead_d.conv1")}
     with pytest.raises(ModelError, match=r"seghead_d\.conv1\.weight"):
         load_state_dict(model, partial)
