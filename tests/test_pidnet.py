@@ -5,14 +5,19 @@ conversion and the STM32MP2 placement."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from sshd import sshd_server  # noqa: F401  (fixture)
 
-from conftest import shared_path, tiny_training_config
+from conftest import shared_path
 from reference import pidnet_loss_numpy as ref_loss
 from reference import pidnet_numpy as ref
 
@@ -170,10 +175,11 @@ def test_checkpoint_files_in_the_official_formats(reference_case, tmp_path, capl
     _assert_close(_outputs(model, image), expected)
 
     renamed = {f"model.{k}": v for k, v in state.items()}
-    renamed["model.spp.scale_process.0.running_meen"] = renamed.pop("model.spp.scale_process.0.running_mean")
+    key = next(k for k in state if k.startswith("spp.") and k.endswith(".running_mean"))  # PAPPM/DAPPM names differ
+    renamed[f"model.{key[:-4]}een"] = renamed.pop(f"model.{key}")
     bad = write_torch_zip(tmp_path / "renamed.pt", renamed)
-    with pytest.raises(ModelError, match=r"renamed\.pt .*missing key\(s\) spp\.scale_process\.0\.running_mean;"
-                                         r".*nothing in the model uses: spp\.scale_process\.0\.running_meen"):
+    with pytest.raises(ModelError, match=rf"renamed\.pt .*missing key\(s\) {re.escape(key)};"
+                                         rf".*nothing in the model uses: {re.escape(key[:-4])}een"):
         load_pretrained(build(params, NUM_CLASSES),
                         replace(params, pretrained_weights=str(bad)), NUM_CLASSES)
 
@@ -602,31 +608,102 @@ def test_tflite_int8_per_tensor_and_stm32mp2_placement(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the pipeline
+CAMVID_CONFIG = Path(__file__).resolve().parents[1] / "config_file_examples" / "chain_tqe_camvid_pidnet.yaml"
+
+
+def _camvid_pidnet_config(tmp_path: Path) -> dict:
+    """``chain_tqe_camvid_pidnet.yaml`` as a user has it, shrunk: 8 training and 3 validation images of the real
+    CamVid, 64x64 input, 2 short epochs; everything else (losses, preprocessing, per-tensor quantization) as shipped."""
+    camvid = shared_path("datasets", "camvid", "CamVid")
+    cfg = yaml.safe_load(CAMVID_CONFIG.read_text())
+    lists = {"training": "train_subset.txt", "validation": "val.txt"}
+    for split, count in (("training", 8), ("validation", 3)):
+        lines = (camvid / lists[split]).read_text().splitlines()[:count]
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        folder = "train" if split == "training" else "val"
+        cfg["dataset"].update({f"{split}_path": str(camvid / folder),
+                               f"{split}_masks_path": str(camvid / f"{folder}annot"),
+                               f"{split}_files_path": str(tmp_path / f"{split}.txt")})
+    cfg["training"]["model"]["input_shape"] = [64, 64, 3]
+    cfg["training"]["model"]["loss"]["ohem_min_kept"] = 2000
+    cfg["training"].update(epochs=2, steps_per_epoch=2, batch_size=4, tensorboard=False)
+    cfg["quantization"]["calibration_images"] = 4
+    cfg["benchmarking"] = {"targets": ["stm32mp2_estimate"]}
+    cfg["mlflow"] = {"enabled": False}
+    return cfg
+
+
 @pytest.mark.slow
-def test_pidnet_trains_exports_quantizes_and_evaluates(tmp_path, dataset_root):
-    """chain_tqe with training.model.name=pidnet: the four losses logged and summed with their weights, the
-    checkpoint keeps the training heads, the exported and the int8 per-tensor models have one 1/8 output."""
+def test_camvid_pidnet_config_trains_quantizes_evaluates_benchmarks_and_deploys(tmp_path, sshd_server):
+    """The CamVid PIDNet config end to end (chain_tqeb, then deployment of its int8 file to an SSH board): the four
+    losses logged and summed with their weights, the checkpoint keeps the training heads, the exported and the int8
+    per-tensor models have one 1/8 output, evaluation at CamVid's 480x360, the STM32MP257 estimate on the NPU, and
+    the board application's labels at 480x360 equal segzoo's prediction with the same file."""
     import csv
 
     import keras
 
     from segzoo.cli import run
+    from segzoo.data.loader import read_image
+    from segzoo.data.masks import read_mask
+    from segzoo.prediction import predict_labels
+    from segzoo.preprocess import Preprocessing, restore_logits, to_model_input
+    from segzoo.runners import load_runner
 
-    cfg = tiny_training_config(tmp_path, dataset_root, epochs=1, steps_per_epoch=3, batch_size=4)
-    cfg["operation_mode"] = "chain_tqe"
-    cfg["training"]["model"] = {"name": "pidnet", "input_shape": [64, 64, 3], "loss": {"ohem_min_kept": 2000}}
-    cfg["evaluation"] = {"max_images": 4}
-    cfg["quantization"] = {"calibration_images": 4}
+    cfg = _camvid_pidnet_config(tmp_path)
+    cfg["operation_mode"] = "chain_tqeb"
     results = run(cfg, run_dir=tmp_path / "run")
     with open(tmp_path / "run" / "logs" / "training_log.csv") as handle:
         row = next(csv.DictReader(handle))
-    total = (float(row["loss_main"]) + 0.4 * float(row["loss_aux"]) + 20 * float(row["loss_boundary"])
-             + float(row["loss_boundary_aware"]))
+    loss = cfg["training"]["model"]["loss"]
+    total = (float(row["loss_main"]) + loss["aux_weight"] * float(row["loss_aux"])
+             + loss["boundary_weight"] * float(row["loss_boundary"])
+             + loss["bas_weight"] * float(row["loss_boundary_aware"]))
     assert float(row["loss"]) == pytest.approx(total, rel=1e-3)
     saved = tmp_path / "run" / "saved_models"
     checkpoint = keras.saving.load_model(saved / "best_checkpoint.keras", compile=False)
     exported = keras.saving.load_model(saved / "best_model.keras", compile=False)
     assert sorted(checkpoint.output) == ["aux", "boundary", "logits"]
-    assert tuple(exported.output.shape[1:]) == (8, 8, 5)
-    assert results["quantization"]["npu_ready"] and results["quantization"]["granularity"] == "per_tensor"
+    assert tuple(exported.output.shape[1:]) == (8, 8, 11)
+    quantized = results["quantization"]
+    assert quantized["npu_ready"] and quantized["granularity"] == "per_tensor"
     assert 0.0 <= results["quantized_evaluation"]["miou"] <= 1.0
+    int8 = sorted((tmp_path / "run" / "quantized_models").glob("*.tflite"))
+    assert len(int8) == 1
+    report = json.loads((tmp_path / "run" / "benchmark_report.json").read_text())
+    rows = report["rows"] if isinstance(report, dict) else report
+    estimate = [r for r in rows if r["target"] == "stm32mp2_estimate" and "int8" in r["model"]]
+    assert len(estimate) == 1 and estimate[0]["npu_pct"] >= 95.0
+
+    image = Path(cfg["dataset"]["validation_path"]) / "0016E5_07959.png"
+    board_dir = tmp_path / "board images"
+    board_dir.mkdir()
+    (board_dir / image.name).write_bytes(image.read_bytes())
+    deploy_path = str(sshd_server.board_root / "pidnet camvid")
+    cfg["operation_mode"] = "deployment"
+    cfg["general"]["model_path"] = str(int8[0])
+    cfg["deployment"] = {
+        "hardware_setup": {"ip_address": sshd_server.host, "port": sshd_server.port, "user": sshd_server.user,
+                           "identity_file": str(sshd_server.identity_file),
+                           "known_hosts": str(sshd_server.known_hosts)},
+        "board_deploy_path": deploy_path, "launch": True, "launch_input": str(board_dir),
+        "python": sshd_server.python}
+    summary = run(cfg, run_dir=tmp_path / "deploy")["deployment"]
+    assert summary["verified"] is True and summary["launched"] is True
+    board_labels = read_mask(Path(deploy_path + "_results") / f"{image.stem}_mask.png")
+    rgb = read_image(image)
+    assert board_labels.shape == rgb.shape[:2] == (360, 480)
+    # the board restores the 1/8 scores with OpenCV's bilinear resize, as restore_logits does: the same labels
+    runner = load_runner(int8[0])
+    pp = Preprocessing(**cfg["preprocessing"]["resizing"], color_mode=cfg["preprocessing"]["color_mode"])
+    x, placement = to_model_input(rgb, runner.input_hw, pp)
+    output = runner.predict(x[None])[0]
+    assert output.shape == (8, 8, 11)
+    scores = restore_logits(output, placement)
+    np.testing.assert_array_equal(board_labels, np.argmax(scores, axis=-1))
+    # segzoo's prediction (bilinear weights of its own, in float32) differs from it only where two classes tie
+    host = predict_labels(runner, rgb, pp, 11)
+    top2 = np.sort(scores, axis=-1)[..., -2:]
+    differ = host != board_labels
+    assert differ.mean() < 1e-3
+    assert np.all(top2[differ, 1] - top2[differ, 0] < 1e-4 * (scores.max() - scores.min()))
