@@ -254,9 +254,13 @@ def test_files_written_by_segzoo_carry_a_sha256_that_detects_damage_anywhere(tmp
             load_runner(model)
         flip_byte(model, offset)
     load_runner(model)
-    sidecar.write_text("garbage\n")
-    with pytest.raises(ModelError, match="malformed checksum file"):
-        verified(model)
+    good = sidecar.read_bytes()
+    for damaged in (b"garbage\n", good[:-1] + b"\x0b", b" " + good):  # also a line end flipped to other whitespace
+        sidecar.write_bytes(damaged)
+        with pytest.raises(ModelError, match="malformed checksum file"):
+            verified(model)
+    sidecar.write_bytes(good[:-1])  # written by hand without a line end: still the same checksum
+    verified(model)
     sidecar.unlink()  # files without a sidecar (third-party, older runs) load as before
     load_runner(model)
 

@@ -34,7 +34,8 @@ TEMP_MARK = ".segzoo-tmp-"
 SIDECAR_SUFFIX = ".sha256"
 CHUNK = 1 << 20
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_SIDECAR_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+_SIDECAR_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
+"""A sidecar is exactly the line ``sha256sum`` writes (one line end allowed): any other byte changed is damage."""
 
 
 # --------------------------------------------------------------------------------------------------- checksums
@@ -54,7 +55,8 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def recorded_sha256(path: str | Path) -> str | None:
-    """The sha256 recorded for ``path`` in its sidecar, or None without one; ModelError for a malformed sidecar."""
+    """The sha256 recorded for ``path`` in its sidecar, or None without one; ModelError for a malformed sidecar
+    (anything but the ``sha256sum`` line, as strictly as ``sha256sum -c`` reads it: stray whitespace is damage)."""
     sidecar = sidecar_path(path)
     try:
         text = sidecar.read_text(encoding="utf-8")
@@ -62,7 +64,7 @@ def recorded_sha256(path: str | Path) -> str | None:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"{sidecar}: cannot read the checksum of {Path(path).name}: {exc}") from exc
-    match = _SIDECAR_LINE.match(text.strip())
+    match = _SIDECAR_LINE.fullmatch(text.removesuffix("\n").removesuffix("\r"))
     if match is None or match.group(2) != Path(path).name:
         raise ModelError(f"{sidecar}: malformed checksum file (expected '<sha256>  {Path(path).name}'); it was "
                          "damaged after segzoo wrote it. Re-create the file it describes (re-run the step that "
