@@ -5,10 +5,16 @@ must come out identical. :func:`kill_and_rerun` runs it once with a fault: SIGKI
 (``tests/fault_runner.py``) or after a random delay; checks that no file at its final name is damaged (sha256
 sidecars, bundle manifest); runs the same command again in the same run directory (``hydra.run.dir``); checks that it
 finishes, leaves no temporary file, and gives the outputs of the uninterrupted reference run.
+
+Training is compared within a tolerance (:data:`TRAINING_MIOU_TOLERANCE`), not byte for byte: a resumed run restarts
+the shuffling of its data. A killed training that saved a resumable state (``saved_models/training_state.json``) is
+resumed with ``training.resume_training_from=<killed run>`` into ``<killed run>_resumed``; one killed before its
+first epoch ended is run again from the start in the same run directory.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -16,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +32,10 @@ from reliability_helpers import run_dir_problems
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tests" / "fault_runner.py"
 TIMEOUT_S = 900
+TRAINING_MIOU_TOLERANCE = 0.05
+"""Largest accepted |mIoU difference| between a killed-and-resumed training and the uninterrupted one (the stated
+run-to-run noise of these short CPU trainings; the benchmark prints the measured differences and seed-to-seed
+noise)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,11 @@ class Scenario:
     outputs: tuple[str, ...]
     json_ignore: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Per JSON output, keys that legitimately differ between two runs (a creation time)."""
+    resume_key: str | None = None
+    """A key that makes the rerun continue the killed run (``training.resume_training_from``) when it left a
+    resumable state; None: the same command in the same run directory."""
+    compare: Callable[[Path, Path], tuple[list[str], float | None]] | None = None
+    """``(reference dir, run dir) -> (differences, measured deviation)`` instead of byte-identical outputs."""
 
 
 @dataclass
@@ -49,6 +65,8 @@ class KillResult:
     rerun_code: int
     after_rerun: list[str]
     differences: list[str]
+    resumed: bool = False
+    deviation: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,41 +89,57 @@ def write_config(scenario: Scenario, folder: Path) -> Path:
     return path
 
 
-def _argv(config: Path, run_dir: Path, kill_at: int | None = None) -> list[str]:
+def _argv(config: Path, run_dir: Path, kill_at: int | None = None, overrides: tuple[str, ...] = ()) -> list[str]:
     fault = ["--kill-at-publish", str(kill_at)] if kill_at is not None else []
     return [sys.executable, str(RUNNER), *fault, "--", "--config-path", str(config.parent), "--config-name",
-            config.stem, f"hydra.run.dir={run_dir}"]
+            config.stem, f"hydra.run.dir={run_dir}", *overrides]
 
 
 def run(config: Path, run_dir: Path, *, kill_at: int | None = None, kill_after_s: float | None = None,
-        count_file: Path | None = None, cwd: Path | None = None) -> tuple[int, bool]:
-    """Run the command (with a fault); ``(exit code, killed by SIGKILL)``."""
-    process = subprocess.Popen(_argv(config, run_dir, kill_at), cwd=cwd or config.parent, env=_env(count_file),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        if kill_after_s is not None:
-            try:
-                process.wait(timeout=kill_after_s)
-            except subprocess.TimeoutExpired:
-                process.send_signal(signal.SIGKILL)
-        _, stderr = process.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise
+        kill_when: Callable[[Path], bool] | None = None, count_file: Path | None = None, cwd: Path | None = None,
+        overrides: tuple[str, ...] = ()) -> tuple[int, bool]:
+    """Run the command with a fault (SIGKILL at the ``kill_at``-th publication, after ``kill_after_s`` seconds, or
+    as soon as ``kill_when(run_dir)`` holds) and extra Hydra overrides; ``(exit code, killed by SIGKILL)``.
+    The command's stderr goes to ``<config folder>/<run dir name>.stderr`` (a pipe could fill and stall it; the run
+    directory may be on a full disk)."""
+    stderr_path = config.parent / f"{run_dir.name}.stderr"
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(_argv(config, run_dir, kill_at, overrides), cwd=cwd or config.parent,
+                                   env=_env(count_file), stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            _watch(process, kill_after_s, kill_when, run_dir)
+            process.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
     killed = process.returncode == -signal.SIGKILL
     if process.returncode not in (0, -signal.SIGKILL):
-        sys.stderr.write(stderr[-4000:])
+        sys.stderr.write(stderr_path.read_text()[-4000:])
     return process.returncode, killed
 
 
-def reference(scenario: Scenario, folder: Path) -> tuple[Path, int, float]:
+def _watch(process: subprocess.Popen, kill_after_s: float | None, kill_when: Callable[[Path], bool] | None,
+           run_dir: Path) -> None:
+    """SIGKILL the process after ``kill_after_s`` seconds or once ``kill_when(run_dir)`` holds (polled)."""
+    if kill_after_s is None and kill_when is None:
+        return
+    deadline = time.monotonic() + (kill_after_s if kill_after_s is not None else TIMEOUT_S)
+    while process.poll() is None:
+        if time.monotonic() >= deadline or (kill_when is not None and kill_when(run_dir)):
+            process.send_signal(signal.SIGKILL)
+            return
+        time.sleep(0.05)
+
+
+def reference(scenario: Scenario, folder: Path, tag: str = "reference",
+              overrides: tuple[str, ...] = ()) -> tuple[Path, int, float]:
     """An uninterrupted run: its directory, how many publications it makes, and how long it takes."""
     config = write_config(scenario, folder)
     count_file = folder / f"{scenario.name}.publications"
-    run_dir = folder / f"{scenario.name}_reference"
+    run_dir = folder / f"{scenario.name}_{tag}"
     start = time.perf_counter()
-    code, _ = run(config, run_dir, count_file=count_file)
+    code, _ = run(config, run_dir, count_file=count_file, overrides=overrides)
     if code != 0:
         raise AssertionError(f"the reference run of {scenario.name} failed with exit code {code}")
     return run_dir, int(count_file.read_text()), time.perf_counter() - start
@@ -143,17 +177,27 @@ def differences(scenario: Scenario, reference_dir: Path, run_dir: Path) -> list[
 
 
 def kill_and_rerun(scenario: Scenario, folder: Path, reference_dir: Path, tag: str, *, kill_at: int | None = None,
-                   kill_after_s: float | None = None) -> KillResult:
+                   kill_after_s: float | None = None, kill_when: Callable[[Path], bool] | None = None,
+                   when: str = "") -> KillResult:
     """Interrupt the scenario once (``kill_at`` publication or ``kill_after_s`` seconds), check, rerun, compare."""
     config = write_config(scenario, folder)
     run_dir = folder / f"{scenario.name}_{tag}"
-    _, killed = run(config, run_dir, kill_at=kill_at, kill_after_s=kill_after_s)
+    _, killed = run(config, run_dir, kill_at=kill_at, kill_after_s=kill_after_s, kill_when=kill_when)
     after_kill = run_dir_problems(run_dir) + bundle_problems(run_dir) if run_dir.exists() else []
-    code, _ = run(config, run_dir)
-    after_rerun = run_dir_problems(run_dir, allow_temporaries=False) + bundle_problems(run_dir)
-    fault = f"publication {kill_at}" if kill_at is not None else f"{kill_after_s:.1f} s"
-    return KillResult(scenario.name, fault, killed, after_kill, code, after_rerun,
-                      differences(scenario, reference_dir, run_dir) if code == 0 else [])
+    out_dir, overrides = run_dir, ()
+    resumed = scenario.resume_key is not None and (run_dir / "saved_models" / "training_state.json").is_file()
+    if resumed:
+        out_dir = run_dir.with_name(f"{run_dir.name}_resumed")
+        overrides = (f"++{scenario.resume_key}={run_dir}",)
+    code, _ = run(config, out_dir, overrides=overrides)
+    after_rerun = run_dir_problems(out_dir, allow_temporaries=False) + bundle_problems(out_dir)
+    fault = when or (f"publication {kill_at}" if kill_at is not None else f"{kill_after_s:.1f} s")
+    found, deviation = [], None
+    if code == 0 and scenario.compare is not None:
+        found, deviation = scenario.compare(reference_dir, out_dir)
+    elif code == 0:
+        found = differences(scenario, reference_dir, out_dir)
+    return KillResult(scenario.name, fault, killed, after_kill, code, after_rerun, found, resumed, deviation)
 
 
 # -------------------------------------------------------------------------------------------------- scenarios
@@ -178,3 +222,50 @@ def quantization_scenario(model: Path, datasets: Path) -> Scenario:
     return Scenario("quantization", config,
                     (f"quantized_models/{name}", "evaluation_report.json", "quantized_evaluation_report.json"),
                     json_ignore={"evaluation_report.json": timing, "quantized_evaluation_report.json": timing})
+
+
+def _epochs_and_miou(run_dir: Path) -> tuple[list[int], int, float]:
+    with open(run_dir / "logs" / "training_log.csv", newline="") as handle:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
+    state = json.loads((run_dir / "saved_models" / "training_state.json").read_text())
+    report = json.loads((run_dir / "evaluation_report.json").read_text())
+    return epochs, int(state["epochs_done"]), float(report["miou"])
+
+
+def training_differences(reference_dir: Path, run_dir: Path) -> tuple[list[str], float | None]:
+    """The same epochs, each logged once, the same epochs done, and the final mIoU within the tolerance."""
+    try:
+        ours, theirs = _epochs_and_miou(run_dir), _epochs_and_miou(reference_dir)
+    except (OSError, KeyError, ValueError) as exc:
+        return [f"missing or unreadable training output: {exc}"], None
+    found = []
+    if ours[0] != theirs[0]:
+        found.append(f"epochs logged {ours[0]}, uninterrupted run {theirs[0]}")
+    if ours[1] != theirs[1]:
+        found.append(f"epochs done {ours[1]}, uninterrupted run {theirs[1]}")
+    deviation = abs(ours[2] - theirs[2])
+    if deviation > TRAINING_MIOU_TOLERANCE:
+        found.append(f"mIoU {ours[2]:.4f}, uninterrupted run {theirs[2]:.4f} (tolerance {TRAINING_MIOU_TOLERANCE})")
+    return found, deviation
+
+
+def training_scenario(datasets: Path, epochs: int = 4, steps_per_epoch: int = 15) -> Scenario:
+    """A short DeepLabV3 training on the built-in dataset, evaluated at the end (training and evaluate steps)."""
+    config = {"operation_mode": "training", "general": {"global_seed": 127},
+              "dataset": {"name": "synthetic_shapes", "root": str(datasets)},
+              "training": {"model": {"name": "deeplab_v3", "alpha": 0.35, "output_stride": 16, "aspp": "v2",
+                                     "input_shape": [64, 64, 3], "dropout": 0.0},
+                           "batch_size": 16, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+                           "optimizer": {"name": "adam", "learning_rate": 0.003},
+                           "lr_schedule": {"name": "constant"}, "tensorboard": False},
+              "evaluation": {"max_images": 40}, "mlflow": {"enabled": False}}
+    return Scenario("training", config, ("saved_models/best_model.keras", "evaluation_report.json"),
+                    resume_key="training.resume_training_from", compare=training_differences)
+
+
+def epochs_saved(run_dir: Path) -> int:
+    """The epochs a training run has checkpointed so far (0 before its first state)."""
+    try:
+        return int(json.loads((run_dir / "saved_models" / "training_state.json").read_text())["epochs_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0

@@ -852,7 +852,8 @@ def outcome_table_markdown() -> str:
 
 def tallies_markdown(tallies: list[Tally]) -> str:
     """Counts per kind and outcome, as a Markdown table."""
-    outcomes = sorted({o for t in tallies for o in t.counts}, key=lambda o: (o in FAILURES, o))
+    outcomes = sorted({o for t in tallies for o in t.counts} | FAILURES,  # the failure columns, even when 0
+                      key=lambda o: (o in FAILURES, o))
     lines = ["| kind | cases | " + " | ".join(outcomes) + " |", "|---|---:|" + "---:|" * len(outcomes)]
     for tally in tallies:
         lines.append(f"| {tally.kind} | {tally.total} | " + " | ".join(str(tally.counts.get(o, 0)) for o in outcomes)
