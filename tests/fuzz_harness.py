@@ -130,7 +130,10 @@ def _set_key(data: dict, key: str, value: Any) -> dict:
 
 
 def _stored(cfg: Any, key: str) -> Any:
+    """The value stored for ``key``; None for a key of another model family (warned about and ignored)."""
     for part in key.split("."):
+        if not hasattr(cfg, part):
+            return None
         cfg = getattr(cfg, part)
     return cfg
 
