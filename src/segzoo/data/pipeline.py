@@ -3,6 +3,12 @@
 Decoding, class mapping and resizing run in NumPy (``segzoo.data.loader`` and ``segzoo.preprocess``,
 the same code as evaluation and prediction) inside ``tf.numpy_function``; the rescaling that follows
 augmentation is done in TensorFlow and matches ``preprocess.rescale`` on uint8 pixels.
+
+Training reads :func:`training_dataset` and :func:`validation_dataset`: one input pipeline per worker, sharded on
+sample indices (``segzoo.data.sharding``) so that the replicas of all workers see each sample of an epoch once.
+TensorFlow's own auto-sharding is switched off explicitly on them (:func:`sharded_options`): its ``DATA`` policy
+would make every worker decode and augment every sample and then drop most of them, and ``FILE`` has no files
+to split (the source is a range of indices).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import tensorflow as tf
 from segzoo.data.layouts import Sample
 from segzoo.data.loader import load_pair
 from segzoo.data.masks import ClassMapper
+from segzoo.data.sharding import PAD_INDEX, Shard, training_indices, validation_indices
 from segzoo.errors import DataError, SegzooError
 from segzoo.preprocess import Preprocessing, convert_color, resize_image, resize_mask
 
@@ -26,13 +33,18 @@ def _loader(samples: list[Sample], mapper: ClassMapper, input_hw: tuple[int, int
             cache: bool) -> Callable[[np.int64], tuple[np.ndarray, np.ndarray]]:
     """NumPy function: sample index -> (resized RGB uint8 image, resized uint8 mask), memoized if ``cache``.
 
+    :data:`~segzoo.data.sharding.PAD_INDEX` gives a padding sample: a black image whose mask is all ignored.
+
     The memo is a plain dict rather than ``Dataset.cache()``: that one can finalize a partial cache
     after a failed epoch (silently dropping samples) and discards partial reads such as ``take(n)``.
     """
     memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    padding = (np.zeros((*input_hw, 3), np.uint8), np.full(input_hw, mapper.ignore_index, np.uint8))
 
     def load(index: np.int64) -> tuple[np.ndarray, np.ndarray]:
         key = int(index)
+        if key == PAD_INDEX:
+            return padding
         if key in memo:
             return memo[key]
         sample = samples[key]
@@ -99,6 +111,36 @@ def make_dataset(samples: list[Sample], mapper: ClassMapper, input_hw: tuple[int
     reshuffles every epoch, repeatably for a ``seed``. ``augment`` gets 0..255 float images. With ``targets``
     (name -> function of the int32 label map), the second element is a dict: ``{"labels": masks, name: ...}``.
     """
+    decode = _decoder(samples, mapper, input_hw, pp, cache)
+    ds = tf.data.Dataset.range(len(samples))
+    if shuffle:
+        ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment is not None:
+        ds = _augmented(ds, augment, seed)
+    ds = ds.map(lambda image, mask: (to_model_values(image, pp), tf.cast(mask, tf.int32)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _with_targets(ds, targets)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def sharded_options() -> tf.data.Options:
+    """Options of a dataset that is already sharded by index: TensorFlow's auto-sharding off, deterministic order."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    options.deterministic = True
+    return options
+
+
+def _with_targets(ds: tf.data.Dataset, targets: Mapping[str, Callable] | None) -> tf.data.Dataset:
+    if not targets:
+        return ds
+    return ds.map(lambda x, labels, *rest: (x, {"labels": labels, **{k: fn(labels) for k, fn in targets.items()}},
+                                            *rest), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _decoder(samples: list[Sample], mapper: ClassMapper, input_hw: tuple[int, int], pp: Preprocessing,
+             cache: bool) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     if not samples:
         raise DataError("no samples to build a dataset from")
     missing = [s.id for s in samples if s.mask_path is None]
@@ -112,18 +154,60 @@ def make_dataset(samples: list[Sample], mapper: ClassMapper, input_hw: tuple[int
         image, mask = tf.numpy_function(load, [index], [tf.uint8, tf.uint8], stateful=False)
         return tf.ensure_shape(image, [height, width, 3]), tf.ensure_shape(mask, [height, width])
 
-    ds = tf.data.Dataset.range(len(samples))
-    if shuffle:
-        ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return decode
+
+
+def element_seed(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """The augmentation seed of sample ``index`` in ``epoch``: the same whichever worker reads it, and after a resume."""
+    base = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
+
+
+def training_dataset(samples: list[Sample], mapper: ClassMapper, input_hw: tuple[int, int], pp: Preprocessing, *,
+                     global_batch: int, replica_batch: int | None = None, shard: Shard = Shard(), seed: int = 0,
+                     augment: Callable | None = None, cache: bool = True, start_batch: int = 0,
+                     targets: Mapping[str, Callable] | None = None) -> tf.data.Dataset:
+    """Endless per-replica training batches of this input pipeline, epoch after epoch.
+
+    Each pass over the data is shuffled by ``(seed, pass)`` and cut into global batches (remainder dropped); this
+    pipeline reads its ``shard`` of each and batches it by ``replica_batch`` (default: the global batch).
+    ``start_batch`` (global batches already trained) resumes the stream where a run stopped. ``augment`` gets
+    0..255 float images and, when it takes ``seed=``, the per-sample seed of :func:`element_seed`.
+    """
+    decode = _decoder(samples, mapper, input_hw, pp, cache)
+    replica_batch = replica_batch or global_batch
+    indices = training_indices(len(samples), global_batch, seed, shard, start_batch=start_batch)
+    ds = indices.map(lambda epoch, index: (*decode(index), element_seed(seed, epoch, index)),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None:
-        ds = _augmented(ds, augment, seed)
-    ds = ds.map(lambda image, mask: (to_model_values(image, pp), tf.cast(mask, tf.int32)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if targets:
-        ds = ds.map(lambda x, labels: (x, {"labels": labels, **{k: fn(labels) for k, fn in targets.items()}}),
+        seeded = _accepts_seed(augment)
+        ds = ds.map(lambda image, mask, element: augment(tf.cast(image, tf.float32), mask, seed=element) if seeded
+                    else augment(tf.cast(image, tf.float32), mask),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(lambda image, mask, *_: (to_model_values(image, pp), tf.cast(mask, tf.int32)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _with_targets(ds, targets)
+    full = len(samples) >= global_batch
+    return ds.batch(replica_batch, drop_remainder=full).prefetch(tf.data.AUTOTUNE).with_options(sharded_options())
+
+
+def validation_dataset(samples: list[Sample], mapper: ClassMapper, input_hw: tuple[int, int], pp: Preprocessing, *,
+                       global_batch: int, replica_batch: int | None = None, shard: Shard = Shard(),
+                       pad: bool = False, cache: bool = True,
+                       targets: Mapping[str, Callable] | None = None) -> tf.data.Dataset:
+    """One pass of per-replica ``(images, targets, weights)`` batches of this pipeline, in sample order.
+
+    With ``pad`` (several replicas) the set is padded to whole global batches with weight-0 samples whose masks are
+    all ignored, so that every replica runs the same steps; they count in no metric.
+    """
+    decode = _decoder(samples, mapper, input_hw, pp, cache)
+    indices = validation_indices(len(samples), global_batch, shard, pad=pad)
+    ds = indices.map(lambda index: (*decode(index), tf.cast(tf.not_equal(index, PAD_INDEX), tf.float32)),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda image, mask, weight: (to_model_values(image, pp), tf.cast(mask, tf.int32), weight),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _with_targets(ds, targets)
+    return ds.batch(replica_batch or global_batch).prefetch(tf.data.AUTOTUNE).with_options(sharded_options())
 
 
 @contextmanager
