@@ -12,6 +12,7 @@ message without a traceback and exits non-zero. Exit codes:
 6   finished, but some items were skipped (``dataset.on_bad_sample: skip``, unreadable prediction inputs): every
     readable item was processed; ``results.json`` and the log list the skipped ones (:data:`EXIT_SKIPPED`)
 7   an output could not be written: disk full or quota exceeded (:class:`OutputError`)
+8   a multi-worker training cluster that did not form or lost a worker (:class:`ClusterError`)
 ==  ==============================================================================================================
 """
 
@@ -48,3 +49,9 @@ class OutputError(SegzooError):
 
 EXIT_SKIPPED = 6
 """Exit code of a run that finished but skipped unreadable or unusable items (listed in ``results.json``)."""
+
+
+class ClusterError(SegzooError):
+    """A multi-worker training cluster that cannot start, or that lost a worker during training."""
+
+    exit_code = 8

@@ -97,10 +97,35 @@ def _check_training(cfg: Config) -> list[str]:
     tr, errors = cfg.training, []
     if tr.lr_schedule.name == "reduce_on_plateau" and tr.lr_schedule.warmup_epochs:
         errors.append("training.lr_schedule.warmup_epochs: not available with reduce_on_plateau")
+    errors += _check_distribution(cfg)
     n = num_classes(cfg)
     if isinstance(tr.class_weights, list):
         if n is not None and len(tr.class_weights) != n:
             errors.append(f"training.class_weights: {len(tr.class_weights)} weights given for {n} classes")
+    return errors
+
+
+def _check_distribution(cfg: Config) -> list[str]:
+    """``training.distribution``: devices only where they are used, a batch that splits over them, timeouts."""
+    tr, dist, errors = cfg.training, cfg.training.distribution, []
+    if tr.steps_per_execution < 1:
+        errors.append(f"training.steps_per_execution: must be at least 1, got {tr.steps_per_execution}")
+    if dist.devices and dist.strategy not in ("one_device", "mirrored"):
+        errors.append(f"training.distribution.devices: only used by the one_device and mirrored strategies, not "
+                      f"{dist.strategy!r}")
+    if dist.strategy == "one_device" and len(dist.devices) > 1:
+        errors.append(f"training.distribution.devices: one_device takes one device, got {len(dist.devices)}")
+    if len(set(dist.devices)) != len(dist.devices):
+        errors.append("training.distribution.devices: a device is listed twice")
+    if dist.devices and tr.batch_size % len(dist.devices):
+        errors.append(f"training.batch_size: {tr.batch_size} does not split evenly over the {len(dist.devices)} "
+                      f"devices of training.distribution.devices; use a multiple of {len(dist.devices)} (it is "
+                      "the global batch, shared by all replicas)")
+    for key in ("timeout_s", "connect_timeout_s"):
+        if getattr(dist, key) <= 0:
+            errors.append(f"training.distribution.{key}: must be positive, got {getattr(dist, key)}")
+    if not 0 < dist.port < 65536:
+        errors.append(f"training.distribution.port: must be a TCP port (1..65535), got {dist.port}")
     return errors
 
 

@@ -108,6 +108,19 @@ class LRScheduleConfig:
 
 
 @dataclass
+class DistributionConfig:
+    """``training.distribution``: the ``tf.distribute`` strategy training runs under."""
+
+    strategy: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
+    devices: list[str] = field(default_factory=list)
+    cluster_resolver: Literal["tf_config", "slurm"] = "tf_config"
+    port: int = 12345
+    lr_scaling: Literal["none", "linear"] = "none"
+    timeout_s: float = 300.0
+    connect_timeout_s: float = 30.0
+
+
+@dataclass
 class TrainingConfig:
     """``training``."""
 
@@ -123,6 +136,10 @@ class TrainingConfig:
     resume_training_from: str | None = None
     cache_dataset: bool = True
     tensorboard: bool = True
+    distribution: DistributionConfig = field(default_factory=DistributionConfig)
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    jit_compile: bool = False
+    steps_per_execution: int = 1
 
 
 @dataclass

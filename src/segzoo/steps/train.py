@@ -12,10 +12,13 @@ logger = logging.getLogger(__name__)
 def train(ctx: RunContext) -> None:
     """Train as configured and record the best model."""
     result = ctx.task.train()
+    if not result.is_chief:  # a non-chief worker of a cluster: the chief records the models
+        return
     ctx.checkpoint = result.best_checkpoint
     ctx.add_model(MODEL, result.best_model)
     ctx.summary["training"] = {"best_model": str(result.best_model), "checkpoint": str(result.best_checkpoint),
-                               "epochs": result.epochs_done, f"best_{result.monitor}": result.best}
+                               "epochs": result.epochs_done, "steps": result.steps_done,
+                               f"best_{result.monitor}": result.best}
     logger.info("Best model: %s (%s %.4f)", result.best_model, result.monitor, result.best or float("nan"))
     logs = ctx.run_dir / ctx.cfg.general.logs_dir
     ctx.tracker.log_artifact(logs / "training_log.csv", "training")

@@ -23,10 +23,11 @@ class StreamingMeanIoU(keras.metrics.Metric):
             labels = tf.squeeze(labels, -1)
         pred = tf.argmax(match_logits_to_labels(y_pred, labels), axis=-1, output_type=tf.int32)
         valid = tf.logical_and(tf.not_equal(labels, self.ignore_index), labels < self.num_classes)
-        index = tf.boolean_mask(labels * self.num_classes + pred, valid)
-        counts = tf.math.bincount(index, minlength=self.num_classes ** 2, maxlength=self.num_classes ** 2,
-                                  dtype=tf.float64)
-        self.confusion.assign_add(tf.reshape(counts, (self.num_classes, self.num_classes)))
+        # A segment sum rather than boolean_mask + bincount: static shapes, so it compiles with XLA too.
+        index = tf.reshape(tf.where(valid, labels * self.num_classes + pred, 0), [-1])
+        counts = tf.math.unsorted_segment_sum(tf.reshape(tf.cast(valid, tf.int32), [-1]), index,
+                                              self.num_classes ** 2)
+        self.confusion.assign_add(tf.reshape(tf.cast(counts, tf.float64), (self.num_classes, self.num_classes)))
 
     def result(self) -> tf.Tensor:
         cm = self.confusion

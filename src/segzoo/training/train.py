@@ -1,42 +1,51 @@
-"""The training loop: model, data, loss, metrics, schedule, checkpoints, logs, resume."""
+"""Training as configured: distribution strategy, data, trainer, callbacks, the loop, the result.
+
+A run trains under the ``training.distribution`` strategy (``segzoo.training.distribution``) through
+``segzoo.training.loop``. Only the chief writes: checkpoints, logs, the restart state in ``<run dir>/backup``
+(``segzoo.training.backup``) and MLflow metrics; other workers write nothing. A relaunch in a run directory that
+holds a restart state continues after its last completed epoch; ``training.resume_training_from`` continues another
+run in a new directory (``segzoo.training.start``).
+"""
 
 from __future__ import annotations
 
+import csv
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
-from segzoo.config.schema import Config, OptimizerConfig
+from segzoo.config.schema import Config
 from segzoo.data.augment import build_augmenter
 from segzoo.data.augment_spec import validate_augmentations
 from segzoo.data.layouts import Sample
 from segzoo.data.loader import scan_samples
-from segzoo.data.masks import read_mask
-from segzoo.data.pipeline import data_errors, make_dataset
+from segzoo.data.pipeline import data_errors, training_dataset, validation_dataset
 from segzoo.data.resolve import DataSpec, training_and_validation
+from segzoo.data.sharding import Shard, batches_per_pass, validation_steps
 from segzoo.errors import ConfigError, DataError, ModelError
-from segzoo.io import copy_file, verified
+from segzoo.io import copy_file, write_text
+from segzoo.training.backup import BACKUP_DIR, Backup
+from segzoo.training.build import exporter_for, target_functions
 from segzoo.training.callbacks import Checkpoints, MlflowMetrics
-from segzoo.training.state import STATE_WEIGHTS, read_resumable_state
-from segzoo.training.losses import IgnoreAwareCrossEntropy, median_frequency_weights
-from segzoo.training.metrics import StreamingMeanIoU
-from segzoo.training.trainer import Trainer, default_loss_terms
+from segzoo.training.cluster import cluster_role
+from segzoo.training.distribution import (PEER_ERRORS, Distribution, lost_peer_error, make_distribution,
+                                          scaled_learning_rate)
+from segzoo.training.loop import LoopData, TrainingLoop
 from segzoo.training.plots import plot_training_curves
 from segzoo.training.schedules import lr_schedule
+from segzoo.training.start import Start, agree_on_start, find_start, make_trainer, restore_state
 
 logger = logging.getLogger(__name__)
-
-CUSTOM_OBJECTS = {"IgnoreAwareCrossEntropy": IgnoreAwareCrossEntropy, "StreamingMeanIoU": StreamingMeanIoU}
-"""What the compiled checkpoints of segzoo 0.1 need to load (they hold the optimizer; newer ones do not)."""
 
 
 @dataclass
 class TrainingResult:
     """What a training run produced: the best checkpoint (with any training-only heads) and the model exported
-    from it (what evaluation, quantization, benchmarking and deployment use)."""
+    from it (what evaluation, quantization, benchmarking and deployment use). Non-chief workers produce no files."""
 
     best_model: Path
     best_checkpoint: Path
@@ -45,116 +54,8 @@ class TrainingResult:
     best: float | None
     monitor: str
     curves: Path | None
-
-
-def make_optimizer(opt: OptimizerConfig) -> keras.optimizers.Optimizer:
-    """Optimizer from its typed config."""
-    common = {"learning_rate": opt.learning_rate, "clipnorm": opt.clipnorm}
-    if opt.name == "adam":
-        return keras.optimizers.Adam(weight_decay=opt.weight_decay or None, **common)
-    if opt.name == "adamw":
-        return keras.optimizers.AdamW(weight_decay=opt.weight_decay or 0.004, **common)
-    if opt.name == "sgd":
-        return keras.optimizers.SGD(momentum=opt.momentum, weight_decay=opt.weight_decay or None, **common)
-    return keras.optimizers.RMSprop(momentum=opt.momentum, weight_decay=opt.weight_decay or None, **common)
-
-
-def build_or_load_model(cfg: Config, num_classes: int) -> keras.Model:
-    """The network to train: a new one from the registry, or the .keras/.h5 of ``general.model_path`` to fine-tune."""
-    from segzoo.models.registry import build_from_params, custom_objects
-
-    if cfg.general.model_path:
-        verified(cfg.general.model_path)
-        try:
-            model = keras.saving.load_model(cfg.general.model_path, compile=False, custom_objects=custom_objects())
-        except Exception as exc:  # Keras raises many types for unreadable files
-            raise ModelError(f"general.model_path: cannot load {cfg.general.model_path!r}: {exc}") from exc
-        out_classes = (model.output["logits"] if isinstance(model.output, dict) else model.output).shape[-1]
-        if out_classes != num_classes:
-            raise ModelError(f"general.model_path: the model predicts {out_classes} classes but "
-                             f"dataset.class_names has {num_classes}")
-        logger.info("Fine-tuning %s", cfg.general.model_path)
-        return model
-    params = cfg.training.model
-    model = build_from_params(params, num_classes, weights_dirs=cfg.general.weights_dirs)
-    logger.info("Built %s for %d classes: %s", params.name, num_classes, params.to_dict())
-    return model
-
-
-def class_weights_for(cfg: Config, spec: DataSpec, train: list[Sample]) -> list[float] | None:
-    """Class weights from the config, or computed by median-frequency balancing."""
-    weights = cfg.training.class_weights
-    if weights != "median_frequency":
-        return weights
-    masks = (spec.mapper.apply(read_mask(s.mask_path)) for s in train)
-    computed = median_frequency_weights(masks, spec.num_classes)
-    logger.info("Median-frequency class weights: %s", dict(zip(spec.class_names, computed)))
-    return computed
-
-
-def loss_terms_for(cfg: Config, spec: DataSpec, train: list[Sample]) -> list:
-    """The family's weighted loss terms, or cross-entropy on the logits."""
-    from segzoo.models.registry import loss_terms
-
-    weights = class_weights_for(cfg, spec, train)
-    terms = loss_terms(cfg.training.model, spec.num_classes, spec.ignore_index, weights)
-    return terms if terms is not None else default_loss_terms(spec.num_classes, spec.ignore_index, weights)
-
-
-def target_functions(cfg: Config, spec: DataSpec) -> dict:
-    """The extra training targets the family asks for (e.g. boundary maps), each a function of the label map."""
-    from segzoo.data.targets import target_function
-    from segzoo.models.registry import get_family
-
-    family = get_family(cfg.training.model.name)
-    return {name: target_function(name, cfg.training.model, spec.ignore_index) for name in family.targets}
-
-
-def exporter_for(cfg: Config):
-    """``network -> exported model`` when the family drops training heads at export, else None."""
-    from segzoo.models.registry import export_model, get_family
-
-    params = cfg.training.model
-    if get_family(params.name).exporter is None:
-        return None
-    return lambda network: export_model(network, params)
-
-
-def _resume_source(cfg: Config) -> tuple[Path, dict] | None:
-    source = cfg.training.resume_training_from
-    if not source:
-        return None
-    state = read_resumable_state(source, cfg.general.saved_models_dir)
-    return Path(source) / cfg.general.saved_models_dir, state
-
-
-def _restored(saved_src: Path) -> tuple[keras.Model, keras.optimizers.Optimizer | None]:
-    """The last network of a run and, for runs of segzoo 0.1 (compiled checkpoints), its optimizer."""
-    from segzoo.models.registry import custom_objects
-
-    objects = {**custom_objects(), **CUSTOM_OBJECTS}
-    path = verified(saved_src / "last_model.keras")
-    try:
-        if (saved_src / STATE_WEIGHTS).is_file():
-            return keras.saving.load_model(path, compile=False, custom_objects=objects), None
-        legacy = keras.saving.load_model(path, custom_objects=objects)
-    except Exception as exc:  # Keras raises many types for unreadable files
-        raise ModelError(f"training.resume_training_from: cannot load {path}: {exc}") from exc
-    return legacy, legacy.optimizer
-
-
-def _datasets(cfg: Config, spec: DataSpec, train: list[Sample], val: list[Sample], input_hw: tuple[int, int]):
-    augmentations = validate_augmentations(cfg.data_augmentation or {}, "data_augmentation")
-    augment = build_augmenter(augmentations, spec.ignore_index, seed=spec.seed) if augmentations else None
-    tr, targets = cfg.training, target_functions(cfg, spec)
-    train_ds = make_dataset(train, spec.mapper, input_hw, spec.pp, tr.batch_size, shuffle=True, augment=augment,
-                            seed=spec.seed, cache=tr.cache_dataset, drop_remainder=len(train) > tr.batch_size,
-                            targets=targets)
-    if tr.steps_per_epoch:
-        train_ds = train_ds.repeat()
-    val_ds = make_dataset(val, spec.mapper, input_hw, spec.pp, tr.batch_size, cache=tr.cache_dataset,
-                          targets=targets) if val else None
-    return train_ds, val_ds
+    steps_done: int = 0
+    is_chief: bool = True
 
 
 def fine_tuning_data(cfg: Config, spec: DataSpec, input_hw: tuple[int, int]) -> tuple[object, keras.losses.Loss, int]:
@@ -182,81 +83,148 @@ def _checked_samples(spec: DataSpec, skipped: list[dict] | None = None) -> tuple
     return train, val
 
 
+def _loop_data(cfg: Config, spec: DataSpec, train: list[Sample], val: list[Sample], input_hw: tuple[int, int],
+               dist: Distribution, initial_epoch: int) -> LoopData:
+    """This worker's shard of the training stream (from where the run stopped) and of the validation set."""
+    augmentations = validate_augmentations(cfg.data_augmentation or {}, "data_augmentation")
+    augment = build_augmenter(augmentations, spec.ignore_index, seed=spec.seed) if augmentations else None
+    tr = cfg.training
+    global_batch = tr.batch_size
+    if dist.num_replicas > 1 and len(train) < global_batch:
+        raise ConfigError(f"training.batch_size: {global_batch} is more than the {len(train)} training images; "
+                          f"with {dist.num_replicas} replicas every step needs a whole global batch")
+    steps = tr.steps_per_epoch or batches_per_pass(len(train), global_batch)
+    common = {"mapper": spec.mapper, "input_hw": input_hw, "pp": spec.pp, "global_batch": global_batch,
+              "cache": tr.cache_dataset, "targets": target_functions(cfg, spec)}
+
+    def shard(context: tf.distribute.InputContext) -> dict:
+        return {"shard": Shard(context.input_pipeline_id, context.num_input_pipelines),
+                "replica_batch": context.get_per_replica_batch_size(global_batch)}
+
+    def training_input(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return training_dataset(train, seed=spec.seed, augment=augment, start_batch=initial_epoch * steps,
+                                **shard(context), **common)
+
+    def validation_input(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return validation_dataset(val, pad=dist.num_replicas > 1, **shard(context), **common)
+
+    strategy = dist.strategy
+    return LoopData(train=strategy.distribute_datasets_from_function(training_input), steps_per_epoch=steps,
+                    validation=strategy.distribute_datasets_from_function(validation_input) if val else None,
+                    validation_steps=validation_steps(len(val), global_batch) if val else 0)
+
+
+def _callbacks(cfg: Config, dist: Distribution, start: Start, run_dir: Path, monitor: str, tracker,
+               steps: int) -> tuple[keras.callbacks.CallbackList, Checkpoints]:
+    """Checkpoints, CSV log, MLflow, TensorBoard and the restart state on the chief; the schedule on every worker."""
+    tr = cfg.training
+    saved_dir, logs_dir = run_dir / cfg.general.saved_models_dir, run_dir / cfg.general.logs_dir
+    checkpoints = Checkpoints(saved_dir, monitor, best=start.best, export=exporter_for(cfg))
+    schedule = _schedule_callbacks(cfg, monitor, dist.num_replicas)
+    callbacks: list[keras.callbacks.Callback] = []
+    if dist.is_chief:
+        csv_log = logs_dir / "training_log.csv"
+        _keep_epochs_before(csv_log, start.epoch)
+        callbacks += [checkpoints, keras.callbacks.CSVLogger(str(csv_log), append=csv_log.exists()),
+                      MlflowMetrics(tracker)]
+    callbacks += schedule
+    if dist.is_chief:
+        if tr.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logs_dir / "tensorboard"), profile_batch=0))
+        callbacks.append(Backup(run_dir / BACKUP_DIR, [checkpoints, *schedule], restored=start.restart))
+    verbose = 1 if sys.stdout.isatty() else 2
+    return keras.callbacks.CallbackList(callbacks, add_progbar=True, verbose=verbose, epochs=tr.epochs,
+                                        steps=steps), checkpoints
+
+
 def run_training(cfg: Config, spec: DataSpec, run_dir: Path, tracker,
                  skipped: list[dict] | None = None) -> TrainingResult:
     """Train as configured; checkpoints go to ``<run_dir>/<saved_models_dir>``, logs to ``<logs_dir>``.
 
     With ``dataset.on_bad_sample: skip`` the unusable pairs are left out (counted in the log) and appended to
     ``skipped``."""
-    keras.utils.set_random_seed(spec.seed)
     tr = cfg.training
-    saved_dir, logs_dir = run_dir / cfg.general.saved_models_dir, run_dir / cfg.general.logs_dir
-    saved_dir.mkdir(parents=True, exist_ok=True)
-    logs_dir.mkdir(parents=True, exist_ok=True)
+    dist = make_distribution(tr.distribution)  # first: a multi-worker cluster must form before other TF work
+    keras.utils.set_random_seed(spec.seed)
     train, val = _checked_samples(spec, skipped)
     monitor = tr.monitor if val else tr.monitor.removeprefix("val_")
     if not val:
         logger.warning("No validation images: checkpoints follow the training %s", monitor)
+    logger.info("%s; precision %s%s", dist.describe(tr.batch_size), tr.precision, "; XLA" if tr.jit_compile else "")
+    try:
+        with dist.strategy.scope():
+            start = find_start(cfg, spec, run_dir, dist, monitor)
+            trainer = make_trainer(cfg, spec, train, dist, start)
+        restore_state(trainer, start)
+        start.epoch = agree_on_start(dist, trainer, start.epoch)
+        _prepare_run_dir(cfg, run_dir, dist, start)
+        network = trainer.network
+        if network.input_shape[-1] != spec.pp.channels:
+            raise ConfigError(f"preprocessing.color_mode: {spec.pp.color_mode!r} gives {spec.pp.channels} channels "
+                              f"but the model takes {network.input_shape[-1]}")
+        data = _loop_data(cfg, spec, train, val, tuple(network.input_shape[1:3]), dist, start.epoch)
+        callbacks, checkpoints = _callbacks(cfg, dist, start, run_dir, monitor, tracker, data.steps_per_epoch)
+        if start.epoch >= tr.epochs:
+            logger.warning("training.epochs (%d) already reached by this run: nothing to train", tr.epochs)
+        else:
+            logger.info("Training on %d images, validating on %d, for epochs %d..%d", len(train), len(val),
+                        start.epoch + 1, tr.epochs)
+            loop = TrainingLoop(trainer, dist, jit_compile=tr.jit_compile, steps_per_execution=tr.steps_per_execution)
+            with data_errors():
+                loop.fit(data, epochs=tr.epochs, initial_epoch=start.epoch, callbacks=callbacks)
+    except PEER_ERRORS as exc:
+        if dist.num_workers > 1:
+            raise lost_peer_error(exc, tr.distribution, cluster_role()) from exc
+        raise
+    result = _result(cfg, run_dir, dist, checkpoints, monitor, max(start.epoch, tr.epochs))
+    result.steps_done = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
+    return result
 
-    resume = _resume_source(cfg)
-    initial_epoch, best, optimizer = 0, None, None
-    if resume:
-        saved_src, state = resume
-        network, optimizer = _restored(saved_src)
-        initial_epoch, best = int(state["epochs_done"]), state.get("best")
-        _carry_over(saved_src, saved_dir, Path(cfg.training.resume_training_from) / cfg.general.logs_dir, logs_dir)
-        logger.info("Resuming from %s after epoch %d (best %s %s)", saved_src, initial_epoch, monitor, best)
-    else:
-        network = build_or_load_model(cfg, spec.num_classes)
-    trainer = Trainer(network, loss_terms_for(cfg, spec, train), spec.num_classes, spec.ignore_index)
-    trainer.compile(optimizer=optimizer or make_optimizer(tr.optimizer))
-    if resume and optimizer is None:
-        _load_state(trainer, resume[0] / STATE_WEIGHTS)
-    input_hw = tuple(network.input_shape[1:3])
-    if network.input_shape[-1] != spec.pp.channels:
-        raise ConfigError(f"preprocessing.color_mode: {spec.pp.color_mode!r} gives {spec.pp.channels} channels "
-                          f"but the model takes {network.input_shape[-1]}")
-    train_ds, val_ds = _datasets(cfg, spec, train, val, input_hw)
 
-    checkpoints = Checkpoints(saved_dir, monitor, best=best, export=exporter_for(cfg))
-    callbacks = [checkpoints, keras.callbacks.CSVLogger(str(logs_dir / "training_log.csv"), append=bool(resume)),
-                 MlflowMetrics(tracker)]
-    callbacks += _schedule_callbacks(cfg, monitor)
-    if tr.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logs_dir / "tensorboard"), profile_batch=0))
-    if initial_epoch >= tr.epochs:
-        logger.warning("training.epochs (%d) already reached by the resumed run: nothing to train", tr.epochs)
-    else:
-        logger.info("Training on %d images, validating on %d, for epochs %d..%d", len(train), len(val),
-                    initial_epoch + 1, tr.epochs)
-        with data_errors():
-            trainer.fit(train_ds, validation_data=val_ds, epochs=tr.epochs, initial_epoch=initial_epoch,
-                        steps_per_epoch=tr.steps_per_epoch, callbacks=callbacks, shuffle=False,
-                        verbose=1 if sys.stdout.isatty() else 2)
-    curves = plot_training_curves(logs_dir / "training_log.csv", run_dir / "training_curves.png") \
-        if (logs_dir / "training_log.csv").exists() else None
+def _prepare_run_dir(cfg: Config, run_dir: Path, dist: Distribution, start: Start) -> None:
+    """The chief's folders, and the files carried over from a resumed run."""
+    if not dist.is_chief:
+        return
+    saved_dir, logs_dir = run_dir / cfg.general.saved_models_dir, run_dir / cfg.general.logs_dir
+    saved_dir.mkdir(parents=True, exist_ok=True)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    if start.resumed_from:
+        _carry_over(start.resumed_from, saved_dir, Path(cfg.training.resume_training_from) / cfg.general.logs_dir,
+                    logs_dir)
+
+
+def _result(cfg: Config, run_dir: Path, dist: Distribution, checkpoints: Checkpoints, monitor: str,
+            epochs_done: int) -> TrainingResult:
+    logs_dir = run_dir / cfg.general.logs_dir
+    result = TrainingResult(best_model=checkpoints.best_path, best_checkpoint=checkpoints.best_checkpoint_path,
+                            last_model=checkpoints.last_path, epochs_done=epochs_done, best=checkpoints.best,
+                            monitor=monitor, curves=None, is_chief=dist.is_chief)
+    if not dist.is_chief:
+        return result
+    if (logs_dir / "training_log.csv").exists():
+        result.curves = plot_training_curves(logs_dir / "training_log.csv", run_dir / "training_curves.png")
     if not checkpoints.best_path.exists():
         raise ModelError(f"training produced no checkpoint ({monitor} was never finite: check the data and "
                          "the learning rate)")
-    return TrainingResult(best_model=checkpoints.best_path, best_checkpoint=checkpoints.best_checkpoint_path,
-                          last_model=checkpoints.last_path, epochs_done=max(initial_epoch, tr.epochs),
-                          best=checkpoints.best, monitor=monitor, curves=curves)
+    return result
 
 
-def _load_state(trainer: Trainer, path: Path) -> None:
-    """Restore the network and optimizer variables saved by Checkpoints (trainer and optimizer are built first)."""
-    trainer(keras.ops.zeros((1, *trainer.network.input_shape[1:])))
-    trainer.optimizer.build(trainer.trainable_variables)
-    verified(path)
-    try:
-        trainer.load_weights(path)
-    except Exception as exc:  # noqa: BLE001 - a damaged or foreign state file
-        raise ModelError(f"training.resume_training_from: cannot restore {path}: {exc}") from exc
+def _keep_epochs_before(csv_log: Path, epoch: int) -> None:
+    """Drop the CSV rows of epochs from ``epoch`` on (a relaunch trains them again)."""
+    if not csv_log.exists():
+        return
+    with open(csv_log, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = rows[:1] + [row for row in rows[1:] if row and int(float(row[0])) < epoch]
+    if len(kept) != len(rows):
+        write_text(csv_log, "".join(",".join(row) + "\n" for row in kept), checksum=False)
 
 
-def _schedule_callbacks(cfg: Config, monitor: str) -> list[keras.callbacks.Callback]:
+def _schedule_callbacks(cfg: Config, monitor: str, num_replicas: int) -> list[keras.callbacks.Callback]:
+    """The learning-rate schedule and early stopping: every worker runs them."""
     tr = cfg.training
-    schedule = lr_schedule(tr.lr_schedule, tr.optimizer.learning_rate, tr.epochs)
+    base_lr = scaled_learning_rate(tr.distribution, tr.optimizer.learning_rate, num_replicas)
+    schedule = lr_schedule(tr.lr_schedule, base_lr, tr.epochs)
     mode = "min" if monitor.endswith("loss") else "max"
     if tr.lr_schedule.name != "reduce_on_plateau":
         callbacks: list[keras.callbacks.Callback] = [keras.callbacks.LearningRateScheduler(schedule)]

@@ -1,8 +1,11 @@
-"""The model ``fit`` trains: a family's network (one output, or a dict of outputs with training-only heads) with
-the family's weighted loss terms, and mIoU on the main output (``logits``).
+"""The model the training loop trains: a family's network (one output, or a dict of outputs with training-only
+heads) with the family's weighted loss terms, and mIoU on the main output (``logits``).
 
-The network itself is what checkpoints hold (it keeps its training heads); the trainer only adds the losses and
-metrics, so the same network can be exported, evaluated and quantized without it.
+The network itself is what checkpoints hold (it keeps its training heads); the trainer only adds the losses, the
+metrics and the optimizer, so the same network can be exported, evaluated and quantized without it. Its
+``train_step`` and ``test_step`` run once per replica under ``tf.distribute`` (``segzoo.training.loop``): the loss of
+a replica is its share of the global mean (divided by the replicas, whose gradients are summed); the metrics are
+sync-on-read sums, read across replicas and workers at the end of an epoch.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Trainer(keras.Model):
         super().__init__(name=kwargs.pop("name", "trainer"), **kwargs)
         self.network = network
         self.terms = list(terms)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
         self.term_trackers = [keras.metrics.Mean(name=f"loss_{t.name}") for t in self.terms] \
             if len(self.terms) > 1 else []
         self.miou = StreamingMeanIoU(num_classes, ignore_index)
@@ -74,4 +78,34 @@ class Trainer(keras.Model):
 
     def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> dict[str, Any]:
         self.miou.update_state(as_targets(y)["labels"], as_outputs(y_pred)[MAIN_OUTPUT])
-        return self.get_metrics_result()
+        return {}
+
+    def train_step(self, data: Any) -> None:
+        """One optimizer step on this replica's batch (loss scaled for float16 when the optimizer does)."""
+        x, y = data[0], data[1]
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x, y, y_pred, training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        self.loss_tracker.update_state(_unscaled(loss), sample_weight=tf.shape(x)[0])
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        self.compute_metrics(x, y, y_pred)
+
+    def test_step(self, data: Any) -> None:
+        """Losses and mIoU on this replica's batch; a third element weights the samples (0: padding)."""
+        x, y = data[0], data[1]
+        y_pred = self(x, training=False)
+        loss = self.compute_loss(x, y, y_pred, training=False)
+        count = tf.reduce_sum(tf.cast(data[2], tf.float32)) if len(data) > 2 else tf.shape(x)[0]
+        self.loss_tracker.update_state(_unscaled(loss), sample_weight=count)
+        self.compute_metrics(x, y, y_pred)
+
+    def metric_results(self) -> dict[str, float]:
+        """Every metric's value over all replicas and workers (call in cross-replica context, on every worker)."""
+        return {metric.name: float(keras.ops.convert_to_numpy(metric.result())) for metric in self.metrics}
+
+
+def _unscaled(loss: tf.Tensor) -> tf.Tensor:
+    """A replica's loss share back to its own mean (``compute_loss`` divides by the replicas)."""
+    return loss * tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
