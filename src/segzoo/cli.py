@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,19 +22,29 @@ from segzoo.config.overrides import check_overrides
 from segzoo.errors import EXIT_SKIPPED, SegzooError
 from segzoo.io import disk_full_cause, output_error, remove_stale_temporaries, write_json, write_text
 from segzoo.modes import steps_for
+from segzoo.training.cluster import ClusterRole, check_role, cluster_role
 
 logger = logging.getLogger("segzoo")
 
 
 def preflight(argv: list[str]) -> list[str]:
-    """Check ``key=value`` overrides against the schema before Hydra sees them; exit 2 on a bad key."""
+    """Check ``key=value`` overrides against the schema before Hydra sees them; exit 2 on a bad key.
+
+    A non-chief worker of a training cluster (``TF_CONFIG``, Slurm) gets a temporary Hydra run directory, so that
+    it writes nothing (not even Hydra's log) into the run directory of the chief.
+    """
     try:
         # Hydra's own copy of the config (.hydra/) would hold secrets unredacted: segzoo writes
         # a redacted config.yaml into the run directory instead.
-        return argv[:1] + check_overrides(argv[1:]) + ["hydra.output_subdir=null"]
+        args = check_overrides(argv[1:]) + ["hydra.output_subdir=null"]
+        role = cluster_role()
     except SegzooError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    if not role.is_chief:
+        args = [a for a in args if not a.lstrip("+").startswith("hydra.run.dir=")]
+        args.append(f"hydra.run.dir={tempfile.mkdtemp(prefix=f'segzoo_{role.task_type}{role.task_index}_')}")
+    return argv[:1] + args
 
 
 def run(raw_cfg: Any, run_dir: str | Path | None = None) -> dict:
@@ -72,8 +84,41 @@ def _hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def _worker_steps(cfg: Any, role: ClusterRole) -> tuple[str, ...]:
+    """The steps a worker runs: all of them on the chief; on other workers the training alone."""
+    check_role(role, cfg.training.distribution.strategy, cfg.training.distribution.cluster_resolver)
+    steps = steps_for(cfg.operation_mode)
+    return steps if role.is_chief else steps[: steps.index("train") + 1] if "train" in steps else ()
+
+
+def _run_worker(cfg: Any, role: ClusterRole, steps: tuple[str, ...]) -> dict:
+    """A non-chief worker: it trains with the others and writes nothing into the run directory (its files, if
+    any, go to a temporary folder removed at the end)."""
+    from segzoo.steps import run_step
+    from segzoo.steps.context import RunContext
+    from segzoo.tracking import Tracker
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    scratch = Path(tempfile.mkdtemp(prefix=f"segzoo_{role.task_type}{role.task_index}_run_"))
+    logger.info("%s: training with the chief; it writes the run's files (this worker writes nothing there)",
+                role.describe())
+    ctx = RunContext(cfg=cfg, run_dir=scratch, tracker=Tracker("", "", "", enabled=False))
+    try:
+        for step in steps:
+            run_step(step, ctx)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    logger.info("%s: %s; the rest of operation_mode %s runs on the chief", role.describe(),
+                "training done" if steps else "nothing to do", cfg.operation_mode)
+    return {}
+
+
 def _run(raw_cfg: Any, run_dir: str | Path | None) -> dict:
     cfg = load_config(raw_cfg)
+    role = cluster_role()
+    steps = _worker_steps(cfg, role)
+    if not role.is_chief:
+        return _run_worker(cfg, role, steps)
     run_dir = Path(run_dir) if run_dir else _hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(run_dir)
@@ -87,7 +132,6 @@ def _run(raw_cfg: Any, run_dir: str | Path | None) -> dict:
     from segzoo.tracking import Tracker
 
     config_file = write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config_to_dict(cfg)))
-    steps = steps_for(cfg.operation_mode)
     logger.info("operation_mode %s: %s; outputs in %s", cfg.operation_mode, " -> ".join(steps), run_dir)
     with Tracker(cfg.mlflow.uri, cfg.general.project_name, run_dir.name, enabled=cfg.mlflow.enabled,
                  log_models=cfg.mlflow.log_models) as tracker:
