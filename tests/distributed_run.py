@@ -38,6 +38,7 @@ def metric_over_replicas() -> dict:
     labels = rng.integers(0, 4, (2, 3, 16, 16)).astype(np.int32)
     labels[1, :, :4] = 255  # replica 1 also has ignored pixels
     logits = rng.normal(size=(2, 3, 16, 16, 4)).astype(np.float32)
+    logits[0] += 4 * np.eye(4, dtype=np.float32)[labels[0]]  # replica 0 mostly right, replica 1 at chance
     with strategy.scope():
         metric = StreamingMeanIoU(4, 255)
     per_replica = strategy.experimental_distribute_values_from_function(
@@ -74,7 +75,7 @@ def train(work: Path, dataset_root: Path, name: str, batch_size: int = 8, **dist
 
 
 def main(work: str, dataset_root: str) -> None:
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     split_cpu()
     work_dir, root = Path(work), Path(dataset_root)
     out = {"metric": metric_over_replicas(),

@@ -23,18 +23,19 @@ from segzoo.data.augment import build_augmenter
 from segzoo.data.augment_spec import validate_augmentations
 from segzoo.data.layouts import Sample
 from segzoo.data.loader import scan_samples
-from segzoo.data.pipeline import data_errors, training_dataset, validation_dataset
+from segzoo.data.pipeline import data_errors, make_dataset, training_dataset, validation_dataset
 from segzoo.data.resolve import DataSpec, training_and_validation
 from segzoo.data.sharding import Shard, batches_per_pass, validation_steps
 from segzoo.errors import ConfigError, DataError, ModelError
 from segzoo.io import copy_file, write_text
 from segzoo.training.backup import BACKUP_DIR, Backup
-from segzoo.training.build import exporter_for, target_functions
+from segzoo.training.build import class_weights_for, exporter_for, target_functions
 from segzoo.training.callbacks import Checkpoints, MlflowMetrics
 from segzoo.training.cluster import cluster_role
 from segzoo.training.distribution import (PEER_ERRORS, Distribution, lost_peer_error, make_distribution,
                                           scaled_learning_rate)
 from segzoo.training.loop import LoopData, TrainingLoop
+from segzoo.training.losses import IgnoreAwareCrossEntropy
 from segzoo.training.plots import plot_training_curves
 from segzoo.training.schedules import lr_schedule
 from segzoo.training.start import Start, agree_on_start, find_start, make_trainer, restore_state
