@@ -116,6 +116,7 @@ class DistributionConfig:
     cluster_resolver: Literal["tf_config", "slurm"] = "tf_config"
     port: int = 12345
     lr_scaling: Literal["none", "linear"] = "none"
+    sync_batch_norm: bool = True
     timeout_s: float = 300.0
     connect_timeout_s: float = 30.0
 

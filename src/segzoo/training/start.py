@@ -17,7 +17,7 @@ from segzoo.errors import ModelError
 from segzoo.io import verified
 from segzoo.training.backup import BACKUP_DIR, build_trainer, read_backup, restore_trainer
 from segzoo.training.build import build_or_load_model, loss_terms_for, make_optimizer
-from segzoo.training.distribution import Distribution, scaled_learning_rate
+from segzoo.training.distribution import Distribution, scaled_learning_rate, synchronize_batch_norm
 from segzoo.training.loop import broadcast_from_chief, sync_variables_from_chief
 from segzoo.training.losses import IgnoreAwareCrossEntropy
 from segzoo.training.metrics import StreamingMeanIoU
@@ -92,6 +92,10 @@ def make_trainer(cfg: Config, spec: DataSpec, train: list[Sample], dist: Distrib
     terms, optimizer."""
     tr = cfg.training
     network = with_precision(start.network, tr.precision)
+    if dist.num_replicas > 1 and tr.distribution.sync_batch_norm:
+        count = synchronize_batch_norm(network)
+        logger.info("%d BatchNormalization layers take their statistics over the global batch "
+                    "(training.distribution.sync_batch_norm)", count)
     trainer = Trainer(network, loss_terms_for(cfg, spec, train), spec.num_classes, spec.ignore_index)
     lr = scaled_learning_rate(tr.distribution, tr.optimizer.learning_rate, dist.num_replicas)
     trainer.optimizer = wrap_optimizer(start.optimizer or make_optimizer(tr.optimizer, lr), tr.precision)
