@@ -86,7 +86,7 @@ def test_a_killed_worker_and_the_relaunch(tmp_path, dataset_root):
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     started = time.monotonic()
-    assert chief.wait(timeout=TIMEOUT_S + 120) == 6  # ClusterError, within the heartbeat timeout (and some slack)
+    assert chief.wait(timeout=TIMEOUT_S + 120) == 8  # ClusterError, within the heartbeat timeout (and some slack)
     waited = time.monotonic() - started
     log = (run_dir / "stm32ai_main.log").read_text()
     assert "a worker is gone or unreachable" in log and "Relaunch every worker with the same command" in log

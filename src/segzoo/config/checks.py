@@ -106,10 +106,8 @@ def _check_training(cfg: Config) -> list[str]:
 
 
 def _check_distribution(cfg: Config) -> list[str]:
-    """``training.distribution``: devices only where they are used, a batch that splits over them, timeouts."""
+    """``training.distribution``: devices only where they are used, a batch that splits over them."""
     tr, dist, errors = cfg.training, cfg.training.distribution, []
-    if tr.steps_per_execution < 1:
-        errors.append(f"training.steps_per_execution: must be at least 1, got {tr.steps_per_execution}")
     if dist.devices and dist.strategy not in ("one_device", "mirrored"):
         errors.append(f"training.distribution.devices: only used by the one_device and mirrored strategies, not "
                       f"{dist.strategy!r}")
@@ -121,11 +119,6 @@ def _check_distribution(cfg: Config) -> list[str]:
         errors.append(f"training.batch_size: {tr.batch_size} does not split evenly over the {len(dist.devices)} "
                       f"devices of training.distribution.devices; use a multiple of {len(dist.devices)} (it is "
                       "the global batch, shared by all replicas)")
-    for key in ("timeout_s", "connect_timeout_s"):
-        if getattr(dist, key) <= 0:
-            errors.append(f"training.distribution.{key}: must be positive, got {getattr(dist, key)}")
-    if not 0 < dist.port < 65536:
-        errors.append(f"training.distribution.port: must be a TCP port (1..65535), got {dist.port}")
     return errors
 
 
