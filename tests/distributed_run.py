@@ -66,7 +66,7 @@ def train(work: Path, dataset_root: Path, name: str, batch_size: int = 8, **dist
     cfg["training"]["model"]["dropout"] = 0.0
     # SGD: updates proportional to the gradients, so that the float rounding differences of two devices stay small
     # (Adam turns a near-zero gradient's rounding noise into a full-size step of either sign).
-    cfg["training"]["optimizer"] = {"name": "sgd", "learning_rate": 0.02, "momentum": 0.9}
+    cfg["training"]["optimizer"] = {"name": "sgd", "learning_rate": 0.005, "momentum": 0.9}
     cfg["mlflow"] = {"enabled": False}
     try:
         results = run(cfg, run_dir=work / name)
