@@ -228,6 +228,26 @@ def staging_dir(parent: str | Path, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{name}{TEMP_MARK}", dir=parent))
 
 
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` (a folder already there is
+    moved aside first and deleted after), on failure it is deleted and ``path`` is untouched."""
+    path = Path(path)
+    stage = staging_dir(path.parent, path.name)
+    try:
+        yield stage
+        if path.exists():
+            old = staging_dir(path.parent, f"{path.name}.old")
+            os.replace(path, old / path.name)
+            os.replace(stage, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, path)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 STALE_DEPTH = 3
 """How deep below a run directory segzoo writes (``deployment/stedgeai/x``): where stale temporaries are looked for."""
 

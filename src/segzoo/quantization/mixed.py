@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -83,6 +83,26 @@ def _producers(interpreter: object) -> dict[int, str]:
     return {int(i): op["op_name"] for op in interpreter._get_ops_details() for i in op["outputs"]}  # noqa: SLF001
 
 
+def _feeds(interpreter: object, representative: Representative) -> Iterator[list[tuple[int, np.ndarray]]]:
+    """``[(input tensor index, batch-1 value), ...]`` per sample: a sample is an image batch for the single input,
+    or a dict of named inputs (the signature's names, as in ``serving_default_<name>:0``) for several."""
+    details = interpreter.get_input_details()
+    for sample in representative():
+        if isinstance(sample, Mapping):
+            by_name = {d["name"]: d for d in details}
+            feed = []
+            for name, value in sample.items():
+                detail = by_name.get(f"serving_default_{name}:0") or by_name.get(name)
+                if detail is None:
+                    raise ModelError(f"layer_errors: the model has no input named {name!r} "
+                                     f"(inputs: {', '.join(by_name)})")
+                feed.append((detail["index"], np.asarray(value, np.float32).reshape(detail["shape"])))
+            yield feed
+            continue
+        for image in np.asarray(sample, np.float32).reshape(-1, *details[0]["shape"][1:]):
+            yield [(details[0]["index"], image[None])]
+
+
 def _run_debug_model(debug_model: bytes, representative: Representative) -> tuple[list[dict], list[_Stats]]:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -96,15 +116,14 @@ def _run_debug_model(debug_model: bytes, representative: Representative) -> tupl
     if not verify:
         raise ModelError("layer_errors: the debug model has no NumericVerify op (nothing was quantized).")
     stats = [_Stats() for _ in verify]
-    model_input = interpreter.get_input_details()[0]
     images = 0
-    for batch in representative():
-        for image in np.asarray(batch, np.float32).reshape(-1, *model_input["shape"][1:]):
-            interpreter.set_tensor(model_input["index"], image[None])
-            interpreter.invoke()
-            for entry, stat in zip(verify, stats):
-                stat.add(interpreter.get_tensor(entry["out"]["index"]), interpreter.get_tensor(entry["float"]["index"]))
-            images += 1
+    for feed in _feeds(interpreter, representative):
+        for index, value in feed:
+            interpreter.set_tensor(index, value)
+        interpreter.invoke()
+        for entry, stat in zip(verify, stats):
+            stat.add(interpreter.get_tensor(entry["out"]["index"]), interpreter.get_tensor(entry["float"]["index"]))
+        images += 1
     if images == 0:
         raise ModelError("no calibration data: layer_errors needs representative images.")
     producers = _producers(interpreter)

@@ -13,6 +13,11 @@ encoding (``prompt_encoder``: the random-Fourier features of the N point prompts
 float (:data:`DECODER_FLOAT_SCOPES`); a float op anywhere else is a ModelError. :func:`placement_summary` shows
 where the STM32MP2 would run each op.
 
+:func:`calibrate` + :func:`export_calibrated` split the int8 export in two, as the segmentation converter does:
+the calibrated float model (every tensor's min/max over the samples) is quantized by
+:func:`segzoo.quantization.converter.quantize_calibrated` (the per-tensor MLIR quantizer), and the same calibration
+serves the per-layer error measurement of :func:`segzoo.quantization.mixed.layer_errors`.
+
 The segmentation converter takes single-input models only; this exporter is the multi-input counterpart.
 """
 
@@ -138,10 +143,41 @@ def export_tflite(model: "keras.Model", out_path: str | Path, *, quantize: bool 
     float32 [1, ...] array}``); ModelError if a per-channel tensor appears, or if an op outside ``float_scopes``
     (substrings of op output names, e.g. a Keras layer name) stays in float.
     """
+    data = convert(model, quantize=quantize, representative=representative, float_scopes=float_scopes)
+    return _write_checked(data, Path(out_path), quantize, float_scopes)
+
+
+def calibrate(model: "keras.Model", representative: Representative) -> bytes:
+    """The calibrated float TFLite model of ``model`` (named signature; every tensor's min/max over the samples of
+    ``representative()``, dicts of named float32 ``[1, ...]`` inputs); ModelError when no sample came."""
+    import tensorflow as tf
+
+    counter = [0]
+    with _quiet_converter("calibration", model.name):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model)], tf.Module())
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _calibration(representative, list(_input_specs(model)), counter)
+        converter._experimental_calibrate_only = True  # noqa: SLF001 - TF's calibrate-then-quantize split
+        data = bytes(converter.convert())
+    if counter[0] == 0:
+        raise ModelError(f"int8 export of '{model.name}': the calibration samples were empty")
+    log.info("calibrated %s on %d samples", model.name, counter[0])
+    return data
+
+
+def export_calibrated(calibrated: bytes, out_path: str | Path, *, float_scopes: tuple[str, ...] = ()) -> dict:
+    """Quantize a :func:`calibrate` result to int8 per-tensor with float32 inputs and outputs, write it (atomically,
+    with the checks of :func:`export_tflite`) and return its :func:`inspect_tflite` summary."""
+    from segzoo.quantization.converter import quantize_calibrated
+
+    data = quantize_calibrated(calibrated, granularity="per_tensor", input_type="float", output_type="float")
+    return _write_checked(data, Path(out_path), True, float_scopes)
+
+
+def _write_checked(data: bytes, out_path: Path, quantize: bool, float_scopes: tuple[str, ...]) -> dict:
+    """Write ``data`` atomically once the checks of :func:`export_tflite` pass; its inspection summary."""
     from segzoo.litert.inspect import inspect_tflite
 
-    data = convert(model, quantize=quantize, representative=representative, float_scopes=float_scopes)
-    out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(data)
         summary = inspect_tflite(tmp)
