@@ -197,3 +197,76 @@ def test_board_key_files_checked_up_front(tmp_path: Path) -> None:
     (tmp_path / "m.tflite").write_bytes(b"")
     data["deployment"] = {"hardware_setup": {"ip_address": "10.0.0.2", "identity_file": str(tmp_path / "nokey")}}
     assert "deployment.hardware_setup.identity_file: " in errors_of(data)
+
+
+def test_a_model_folder_is_refused_for_semantic_segmentation(tmp_path: Path) -> None:
+    data = default_config()
+    data["operation_mode"] = "evaluation"
+    data["general"]["model_path"] = str(tmp_path)
+    assert "is a folder; the semantic_segmentation task takes a model file" in errors_of(data)
+
+
+def sam2_data(tmp_path: Path, mode: str = "evaluation") -> dict:
+    """A promptable-segmentation config on instance folders (empty ones: the checks need no content)."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(exist_ok=True)
+    labels.mkdir(exist_ok=True)
+    return {"operation_mode": mode,
+            "dataset": {"layout": "yolo_seg", "test_path": str(images), "test_masks_path": str(labels)},
+            "training": {"model": {"name": "sam2", "input_shape": [64, 64, 3],
+                                   "pretrained_weights": "sam2.1_hiera_tiny"}}}
+
+
+def test_promptable_segmentation_keys_are_validated(tmp_path: Path) -> None:
+    cfg = load_config(sam2_data(tmp_path))
+    assert (cfg.evaluation.clicks, cfg.evaluation.min_instance_area, cfg.evaluation.mask_threshold) == (1, 1024, 0.0)
+    assert cfg.prediction.prompts_path is None and cfg.prediction.points == []
+    data = sam2_data(tmp_path)
+    data["evaluation"] = {"clicks": 0, "min_instance_area": 0, "mask_threshold": "high"}
+    message = errors_of(data)
+    assert "evaluation.clicks: must be at least 1, got 0" in message
+    assert "evaluation.min_instance_area: must be at least 1, got 0" in message
+    assert "evaluation.mask_threshold: expected a number" in message
+    data = sam2_data(tmp_path, "prediction")
+    data["prediction"] = {"test_files_path": str(tmp_path), "points": [{"x": 3, "label": 2}, {"x": 1, "y": 2, "z": 0}]}
+    message = errors_of(data)
+    assert "prediction.points[0]: y required (image pixels)" in message
+    assert "prediction.points[0].label: 1 (on the object) or 0 (background), got 2" in message
+    assert "prediction.points[1].z: unknown key" in message
+    data["prediction"] = {"test_files_path": str(tmp_path), "points": [{"x": 3, "y": 4}]}
+    assert load_config(data).prediction.points[0].label == 1
+    data["prediction"] = {"test_files_path": str(tmp_path)}
+    assert "prediction.prompts_path: prediction needs point prompts" in errors_of(data)
+    data["prediction"]["prompts_path"] = str(tmp_path / "missing.json")
+    assert "prediction.prompts_path: " in errors_of(data) and "does not exist" in errors_of(data)
+
+
+def test_promptable_segmentation_modes_and_model_folders(tmp_path: Path) -> None:
+    data = sam2_data(tmp_path)
+    data["dataset"]["layout"] = "pairs"
+    assert "dataset.layout: the promptable_segmentation task evaluates on instance labels" in errors_of(data)
+    data = sam2_data(tmp_path, "training")
+    assert ("operation_mode: training runs train, which the promptable_segmentation task does not support; its "
+            "modes: evaluation, prediction, quantization, chain_eqe, benchmarking, chain_eqeb, chain_qb, deployment, "
+            "chain_qd") in errors_of(data)
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    (folder / "encoder_int8.tflite").write_bytes(b"")
+    data = sam2_data(tmp_path)
+    data["general"] = {"model_path": str(folder)}
+    assert "no decoder file" in errors_of(data)
+    (folder / "decoder_int8.tflite").write_bytes(b"")
+    assert load_config(data).general.model_path == str(folder)
+    data["operation_mode"] = "quantization"
+    data["dataset"].update(quantization_path=data["dataset"]["test_path"],
+                           quantization_masks_path=data["dataset"]["test_masks_path"])
+    assert "holds TFLite files; quantization starts from the float Keras pair" in errors_of(data)
+    data["quantization"] = {"granularity": "per_channel", "mixed_precision": {"auto": True}}
+    assert "quantization.mixed_precision: not available" in errors_of(data)
+    assert "quantization.granularity: the promptable_segmentation task quantizes per_tensor only" in errors_of(data)
+    data = sam2_data(tmp_path)
+    data["training"]["model"]["name"] = "deeplab_v3"
+    data["training"]["model"].pop("pretrained_weights")
+    data["general"] = {"model_path": str(folder / "encoder_int8.tflite")}
+    data["dataset"]["class_names"] = ["a", "b"]
+    assert "dataset.layout: yolo_seg holds instance polygons for the promptable_segmentation task" in errors_of(data)

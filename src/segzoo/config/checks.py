@@ -37,6 +37,7 @@ def check_values(cfg: Config) -> list[str]:
     if cfg.preprocessing.rescaling.scale == 0:
         errors.append("preprocessing.rescaling.scale: must not be 0")
     errors += _check_pose_values(cfg)
+    errors += _check_points(cfg)
     return errors
 
 
@@ -48,6 +49,23 @@ def _check_pose_values(cfg: Config) -> list[str]:
     both = sorted(set(masks.person_values) & set(masks.ignore_values))
     if both:
         errors.append(f"pose_estimation.person_masks: values {both} are both person_values and ignore_values")
+    return errors
+
+
+def _check_points(cfg: Config) -> list[str]:
+    """``prediction.points``: each with x and y (finite image pixels) and a label 1 or 0."""
+    import math
+
+    errors = []
+    for i, point in enumerate(cfg.prediction.points):
+        key = f"prediction.points[{i}]"
+        missing = [name for name in ("x", "y") if getattr(point, name) is None]
+        if missing:
+            errors.append(f"{key}: {' and '.join(missing)} required (image pixels), e.g. {{x: 320, y: 240, label: 1}}")
+        elif not (math.isfinite(point.x) and math.isfinite(point.y) and point.x >= 0 and point.y >= 0):
+            errors.append(f"{key}: x and y must be finite, non-negative image pixels, got ({point.x}, {point.y})")
+        if point.label not in (0, 1):
+            errors.append(f"{key}.label: 1 (on the object) or 0 (background), got {point.label}")
     return errors
 
 
@@ -159,6 +177,13 @@ def _needs_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
             f"the configured model with pretrained weights)"]
 
 
+def _needs_mask_layout(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    if cfg.dataset.layout == "yolo_seg":
+        return ["dataset.layout: yolo_seg holds instance polygons for the promptable_segmentation task; semantic "
+                "segmentation reads class masks (pairs, cityscapes, cityscapes_label_ids)"]
+    return []
+
+
 def _needs_classes(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
     return [] if num_classes(cfg) is not None else _require(cfg, ["dataset.class_names"], mode)
 
@@ -240,10 +265,10 @@ def _needs_board_setup(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[s
 
 
 SEGMENTATION_REQUIREMENTS = MappingProxyType({
-    "train": (_needs_training_data, _needs_classes),
-    "evaluate": (_needs_model, _needs_classes, _needs_evaluation_images),
-    "quantization_report": (_needs_model, _needs_classes, _needs_evaluation_images),
-    "quantize": (_needs_model, _needs_float_model, _needs_classes, _needs_calibration_images),
+    "train": (_needs_training_data, _needs_classes, _needs_mask_layout),
+    "evaluate": (_needs_model, _needs_classes, _needs_evaluation_images, _needs_mask_layout),
+    "quantization_report": (_needs_model, _needs_classes, _needs_evaluation_images, _needs_mask_layout),
+    "quantize": (_needs_model, _needs_float_model, _needs_classes, _needs_calibration_images, _needs_mask_layout),
     "predict": (_needs_model, _needs_classes, _needs_prediction_inputs),
     "benchmark": (_needs_model, _needs_benchmark_targets),
     "deploy": (_needs_model, _needs_classes, _needs_deployable_model, _needs_board_setup),
@@ -343,8 +368,98 @@ POSE_REQUIREMENTS = MappingProxyType({
 })
 """Pose estimation (a published detector + landmark pipeline, used as it is: no training step)."""
 
+
+# ----------------------------------------------------------------------------------------- promptable segmentation
+def _needs_model_folder(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """A promptable model is a folder with an encoder and a decoder (or it is imported from ``pretrained_weights``)."""
+    from segzoo.errors import ModelError as FolderError
+    from segzoo.tasks.promptable_segmentation.models import find_pair
+
+    path = cfg.general.model_path
+    if not path or not Path(path).exists():
+        return []
+    try:
+        pair = find_pair(path)
+    except FolderError as exc:
+        return [f"general.model_path: {exc}"]
+    if "quantize" in steps and pair.kind != "keras":
+        return [f"general.model_path: {path!r} holds TFLite files; quantization starts from the float Keras pair "
+                f"(encoder.keras, decoder.keras), e.g. the imported model of a run"]
+    if "deploy" in steps and "quantize" not in steps and pair.kind != "tflite":
+        return [f"general.model_path: {path!r} holds Keras files; deployment needs the TFLite pair (or use "
+                f"operation_mode chain_qd)"]
+    return []
+
+
+def _needs_instances(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """Evaluation instances: a split with images and YOLO-seg labels, ``dataset.layout: yolo_seg``."""
+    from segzoo.tasks.promptable_segmentation.data import EVALUATION_ORDER, LAYOUT
+
+    ds, errors = cfg.dataset, []
+    if ds.layout != LAYOUT:
+        errors.append(f"dataset.layout: the promptable_segmentation task evaluates on instance labels; set "
+                      f"dataset.layout: {LAYOUT} (YOLO-seg: images/ and labels/*.txt), got {ds.layout}")
+    splits = EVALUATION_ORDER[cfg.evaluation.split]
+    if not any(getattr(ds, f"{s}_path") and getattr(ds, f"{s}_masks_path") for s in splits):
+        errors.append(f"dataset.test_path: {mode} needs instance images and labels: set dataset.test_path (images) "
+                      f"and dataset.test_masks_path (the YOLO-seg labels/ folder)"
+                      + (f" (evaluation.split: {cfg.evaluation.split})" if cfg.evaluation.split != "auto" else ""))
+    return errors
+
+
+def _needs_enough_points(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """``evaluation.clicks`` must fit the decoder's point inputs (when they are known before loading the model)."""
+    from segzoo.tasks.promptable_segmentation.models import declared_num_points
+
+    path = cfg.general.model_path
+    points = declared_num_points(path) if path else getattr(cfg.training.model, "num_points", None)
+    clicks = cfg.evaluation.clicks
+    if points is not None and clicks > points:
+        where = f"the decoder of {path}" if path else "training.model.num_points"
+        return [f"evaluation.clicks: {clicks} clicks, but {where} takes at most {points} points; "
+                f"{'use a model built with ' if path else 'set '}training.model.num_points={clicks}"]
+    return []
+
+
+def _needs_instance_calibration(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """Calibration images with labels (the decoder is calibrated with clicks on their instances); no mixed
+    precision (two networks)."""
+    ds, q, errors = cfg.dataset, cfg.quantization, []
+    labelled = any(getattr(ds, f"{s}_path") and getattr(ds, f"{s}_masks_path") for s in ("quantization", "training"))
+    if q.calibration_data == "dataset" and not labelled:
+        errors.append("dataset.quantization_path: the SAM2 encoder is calibrated on images and the decoder on clicks "
+                      "on their instances: set dataset.quantization_path and dataset.quantization_masks_path (or "
+                      "dataset.training_path and dataset.training_masks_path) to YOLO-seg images and labels")
+    if q.mixed_precision.auto or q.mixed_precision.float_layers:
+        errors.append("quantization.mixed_precision: not available for the promptable_segmentation task (its two "
+                      "networks are quantized all-int8; the decoder's point encoding stays float by itself)")
+    if q.granularity != "per_tensor":
+        errors.append(f"quantization.granularity: the promptable_segmentation task quantizes per_tensor only (the "
+                      f"STM32MP2 NPU), got {q.granularity}")
+    return errors
+
+
+def _needs_prompts(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    errors = _require(cfg, ["prediction.test_files_path"], mode)
+    if not cfg.prediction.prompts_path and not cfg.prediction.points:
+        errors.append(f"prediction.prompts_path: {mode} needs point prompts: a JSON file (image file name -> "
+                      f"[{{x, y, label}}]) or prediction.points for every image")
+    return errors
+
+
+PROMPTABLE_REQUIREMENTS = MappingProxyType({
+    "evaluate": (_needs_model, _needs_model_folder, _needs_instances, _needs_enough_points),
+    "quantization_report": (_needs_model, _needs_model_folder, _needs_instances, _needs_enough_points),
+    "quantize": (_needs_model, _needs_model_folder, _needs_instance_calibration),
+    "predict": (_needs_model, _needs_model_folder, _needs_prompts),
+    "benchmark": (_needs_model, _needs_model_folder, _needs_benchmark_targets),
+    "deploy": (_needs_model, _needs_model_folder, _needs_board_setup),
+})
+"""Promptable segmentation (SAM2): step -> the checks of what it needs (no training step)."""
+
 TASK_REQUIREMENTS = MappingProxyType({"semantic_segmentation": SEGMENTATION_REQUIREMENTS,
-                                      "pose_estimation": POSE_REQUIREMENTS})
+                                      "pose_estimation": POSE_REQUIREMENTS,
+                                      "promptable_segmentation": PROMPTABLE_REQUIREMENTS})
 """Task -> its step requirements; a mode needs what its steps need for the run's task (each problem once)."""
 
 
@@ -438,7 +553,7 @@ def _check_paths(cfg: Config, task: str = "semantic_segmentation") -> list[str]:
         labels_key = f"{split}_{target}_path"
         if images and split != "quantization" and hasattr(ds, labels_key) and not getattr(ds, labels_key):
             errors.append(f"dataset.{labels_key}: required when dataset.{split}_path is set")
-    errors += _check_model_path(cfg)
+    errors += _check_model_path(cfg, task)
     masks = cfg.pose_estimation.person_masks
     errors += _exists("pose_estimation.person_masks.images_path", masks.images_path, "dir")
     errors += _exists("pose_estimation.person_masks.masks_path", masks.masks_path, "dir")
@@ -446,17 +561,25 @@ def _check_paths(cfg: Config, task: str = "semantic_segmentation") -> list[str]:
         missing = "masks_path" if masks.images_path else "images_path"
         errors.append(f"pose_estimation.person_masks.{missing}: required with the other person_masks folder")
     errors += _exists("prediction.test_files_path", cfg.prediction.test_files_path, "dir")
+    errors += _exists("prediction.prompts_path", cfg.prediction.prompts_path, "file")
     resume = cfg.training.resume_training_from
     errors += _exists("training.resume_training_from", resume, "dir")
     errors += _check_weights(cfg)
     return errors
 
 
-def _check_model_path(cfg: Config) -> list[str]:
-    """A model file, or with ``general.pipeline`` the folder holding every file of the pipeline."""
+FOLDER_MODEL_TASKS = frozenset({"promptable_segmentation"})
+"""Tasks whose model is a folder of networks found by the task itself (its own requirement checks the files)."""
+
+
+def _check_model_path(cfg: Config, task: str = "semantic_segmentation") -> list[str]:
+    """A model file, a folder for a task of :data:`FOLDER_MODEL_TASKS`, or with ``general.pipeline`` the folder
+    holding every file of the pipeline."""
     model_path, preset = cfg.general.model_path, _pipeline_of(cfg)
     if not model_path:
         return []
+    if task in FOLDER_MODEL_TASKS:
+        return _exists("general.model_path", model_path, "dir")
     if preset is None:
         errors = _exists("general.model_path", model_path, "file")
         if Path(model_path).suffix.lower() not in MODEL_SUFFIXES:

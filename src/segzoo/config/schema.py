@@ -55,7 +55,7 @@ class DatasetConfig:
     ignore_index: int = 255
     on_bad_sample: Literal["error", "skip"] = "error"
     root: str = "datasets"
-    layout: Literal["pairs", "cityscapes", "cityscapes_label_ids"] = "pairs"
+    layout: Literal["pairs", "cityscapes", "cityscapes_label_ids", "yolo_seg"] = "pairs"
 
 
 @dataclass
@@ -150,6 +150,19 @@ class EvaluationConfig:
     split: Literal["auto", "validation", "test"] = "auto"
     resolution: Literal["original", "input"] = "original"
     max_images: int | None = None
+    clicks: int = 1
+    min_instance_area: int = 1024
+    mask_threshold: float = 0.0
+
+
+@dataclass
+class PointConfig:
+    """``prediction.points[i]``: one point prompt in image pixels (x right, y down); ``label`` 1 on the object, 0 on
+    the background."""
+
+    x: float | None = None
+    y: float | None = None
+    label: int = 1
 
 
 @dataclass
@@ -159,6 +172,8 @@ class PredictionConfig:
     test_files_path: str | None = None
     overlay_alpha: float = 0.5
     max_images: int | None = None
+    prompts_path: str | None = None
+    points: list[PointConfig] = field(default_factory=list)
 
 
 @dataclass

@@ -21,7 +21,7 @@ def inference_parameters(model) -> int:
     """Trainable parameters on the path to the main output (``logits`` of a training model with several outputs)."""
     import keras
 
-    if isinstance(model.output, dict):
+    if isinstance(model.output, dict) and "logits" in model.output:
         model = keras.Model(model.input, model.output["logits"])
     return int(sum(int(w.numpy().size) for w in model.trainable_weights))
 
@@ -32,7 +32,7 @@ def trainable_parameters(family: str, preset: dict) -> int:
 
     values = {k: v for k, v in preset.items() if k != "num_classes"}
     params = make_params(family, **values)
-    return inference_parameters(build_from_params(params, preset["num_classes"]))
+    return inference_parameters(build_from_params(params, preset.get("num_classes")))
 
 
 def listing(count: bool) -> list[str]:

@@ -28,6 +28,7 @@ FAMILY_PACKAGES: Mapping[str, str] = MappingProxyType({
     "deeplab_v3": "segzoo.models.deeplab_v3",
     "pidnet": "segzoo.models.pidnet",
     "pp_mobileseg": "segzoo.models.pp_mobileseg",
+    "sam2": "segzoo.models.sam2",
 })
 """Family name -> the package whose ``FAMILY`` describes it."""
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 TASKS = MappingProxyType({
     "semantic_segmentation": "segzoo.tasks.semantic_segmentation:SemanticSegmentation",
     "pose_estimation": "segzoo.tasks.pose_estimation.task:PoseEstimation",
+    "promptable_segmentation": "segzoo.tasks.promptable_segmentation:PromptableSegmentation",
 })
 
 

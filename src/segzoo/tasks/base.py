@@ -2,7 +2,11 @@
 
 Steps are task-agnostic: they call these methods on ``ctx.task``. A task owns the run's data (its samples,
 preprocessing and evaluation set, resolved once) and writes its own reports. A ``model`` is a file, or a folder
-for a model made of several networks (a pipeline preset: ``general.pipeline``).
+for a model made of several networks (a pipeline preset: ``general.pipeline``; promptable segmentation: an encoder
+and a decoder).
+
+Optional: ``launch_args() -> list[str]``, extra arguments for the board application that a deployment launches
+(e.g. the point prompts of a promptable task).
 """
 
 from __future__ import annotations

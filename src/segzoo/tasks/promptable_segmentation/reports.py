@@ -33,6 +33,7 @@ def report_markdown(report: dict) -> str:
         f"({report['skipped_small']} smaller than {report['min_area']} pixels skipped), {report['seconds']:.1f} s",
         f"- **One-click mIoU: {_percent(report['one_click_miou'])} %**",
         *(f"- mIoU after {k + 1} clicks: {_percent(v)} %" for k, v in enumerate(report["miou_at"]) if k),
+        *_timing_lines(report.get("timings") or {}),
         f"- Protocol: first click at the instance's interior point farthest from its boundary, further clicks at "
         f"the centre of the largest error region (positive on a miss, negative on a false alarm); mask = logits > "
         f"{report['threshold']:g}.",
@@ -44,6 +45,16 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {row['name']} | {row['instances']} | "
                      + " | ".join(_percent(v) for v in row["miou_at"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _timing_lines(timings: dict) -> list[str]:
+    """Per-stage times (median ms per call), when the evaluation measured them."""
+    stages = [(stage, timings[f"{stage}_median_ms"], timings[f"{stage}_calls"]) for stage in ("encoder", "decoder")
+              if f"{stage}_median_ms" in timings]
+    if not stages:
+        return []
+    return ["- Times (median per call): " + ", ".join(f"{stage} {ms:.1f} ms ({calls} calls)"
+                                                      for stage, ms, calls in stages)]
 
 
 def write_report(result: dict, out_dir: str | Path, *, model: dict[str, Any], dataset: dict[str, Any],
