@@ -94,7 +94,7 @@ class _DropDeprecation(logging.Filter):
 
 
 @contextlib.contextmanager
-def _converter_errors(what: str) -> Iterator[None]:
+def converter_errors(what: str) -> Iterator[None]:
     """Turn converter exceptions into ModelError naming the cause; silence the converter's own warnings."""
     absl_log, quiet = logging.getLogger("absl"), _DropDeprecation()
     absl_log.addFilter(quiet)
@@ -162,7 +162,7 @@ def _check_calibrated(counter: list[int]) -> None:
 
 def float_tflite(model: "keras.Model") -> bytes:
     """A plain float32 TFLite model (batch 1, BatchNorm folded by the converter)."""
-    with _converter_errors("conversion"):
+    with converter_errors("conversion"):
         return bytes(_new_converter(model).convert())
 
 
@@ -171,7 +171,7 @@ def calibrate(model: "keras.Model", representative: Representative | None) -> by
     if representative is None:
         raise ModelError("no calibration data: int8 quantization needs a representative dataset.")
     counter = [0]
-    with _converter_errors("calibration"):
+    with converter_errors("calibration"):
         converter = _int8_converter(model, representative, counter)
         converter._experimental_calibrate_only = True  # noqa: SLF001 - TF's calibrate-then-quantize split
         calibrated = bytes(converter.convert())
@@ -187,7 +187,7 @@ def quantize_calibrated(calibrated: bytes, *, granularity: str = "per_tensor", i
 
     _check_options(granularity, input_type, output_type, True)
     nodes = resolve_float_layers(calibrated, float_layers)
-    with _converter_errors("quantization"):
+    with converter_errors("quantization"):
         return bytes(tflite_convert.mlir_quantize(
             calibrated,
             disable_per_channel=granularity == "per_tensor",
@@ -203,7 +203,7 @@ def _full_int8(model: "keras.Model", representative: Representative, granularity
     import tensorflow as tf
 
     counter = [0]
-    with _converter_errors("int8 conversion"):
+    with converter_errors("int8 conversion"):
         converter = _int8_converter(model, representative, counter)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = _tf_dtype(input_type)

@@ -23,9 +23,7 @@ The segmentation converter takes single-input models only; this exporter is the 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 
 from segzoo.errors import ModelError
 from segzoo.io import atomic_path
+from segzoo.quantization.converter import converter_errors
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -84,20 +83,6 @@ def _concrete_function(model: "keras.Model") -> Any:
     return tf.function(named).get_concrete_function(**specs)
 
 
-@contextlib.contextmanager
-def _quiet_converter(what: str, name: str) -> Iterator[None]:
-    """Converter exceptions -> ModelError naming the model; the converter's warnings silenced."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    except ModelError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every converter failure is a user-facing model problem
-        lines = [line.strip() for line in str(exc).splitlines() if "error" in line.lower()]
-        raise ModelError(f"TFLite {what} of '{name}' failed: {' | '.join(lines[:4]) or exc}") from exc
-
-
 def _calibration(representative: Representative, names: list[str], counter: list[int]) -> Callable:
     def generate() -> Iterator[dict[str, np.ndarray]]:
         for sample in representative():
@@ -119,7 +104,7 @@ def convert(model: "keras.Model", *, quantize: bool = False, representative: Rep
     if quantize and representative is None:
         raise ModelError(f"int8 export of '{model.name}' needs calibration samples (dicts of named inputs)")
     counter = [0]
-    with _quiet_converter("conversion" if not quantize else "int8 conversion", model.name):
+    with converter_errors(f"{'int8 conversion' if quantize else 'conversion'} of '{model.name}'"):
         converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model)], tf.Module())
         if quantize:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -153,7 +138,7 @@ def calibrate(model: "keras.Model", representative: Representative) -> bytes:
     import tensorflow as tf
 
     counter = [0]
-    with _quiet_converter("calibration", model.name):
+    with converter_errors(f"calibration of '{model.name}'"):
         converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model)], tf.Module())
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _calibration(representative, list(_input_specs(model)), counter)
