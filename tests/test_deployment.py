@@ -48,11 +48,12 @@ def bundle(st_model, voc_names, tmp_path) -> Path:
                         preprocessing=Preprocessing().to_dict())
 
 
-def _run_app(bundle_dir: Path, *args: str, path_first: Path | None = None) -> subprocess.CompletedProcess:
-    """segment.py in a fresh interpreter where importing segzoo or TensorFlow fails (``path_first``: extra
-    modules, e.g. a stand-in stai_mpu)."""
+def _run_app(bundle_dir: Path, *args: str, path_first: Path | None = None,
+             app: str = "segment.py") -> subprocess.CompletedProcess:
+    """The bundle's ``app`` (segment.py by default) in a fresh interpreter where importing segzoo or TensorFlow
+    fails (``path_first``: extra modules, e.g. a stand-in stai_mpu)."""
     extra = f"sys.path.insert(0, {str(path_first)!r}); " if path_first else ""
-    code = BLOCK_IMPORTS + extra + f"sys.argv = {[str(bundle_dir / 'segment.py'), *args]!r}; " \
+    code = BLOCK_IMPORTS + extra + f"sys.argv = {[str(bundle_dir / app), *args]!r}; " \
         "runpy.run_path(sys.argv[0], run_name='__main__')"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
@@ -121,7 +122,7 @@ def test_build_bundle_rejects_mismatches(st_model, voc_names, tmp_path):
 
 # --------------------------------------------------------------------------------------------------- board app
 
-@pytest.mark.parametrize("name", ["segment.py", "pose.py"])
+@pytest.mark.parametrize("name", ["segment.py", "pose.py", "sam2_point.py"])
 def test_board_app_imports_no_tensorflow_or_segzoo(name):
     tree = ast.parse((BOARD_APP_DIR / name).read_text())
     roots = set()
@@ -131,7 +132,7 @@ def test_board_app_imports_no_tensorflow_or_segzoo(name):
         elif isinstance(node, ast.ImportFrom):
             roots.add((node.module or "").split(".")[0])
     assert not roots & {"tensorflow", "keras", "segzoo", "tf_keras"}, roots
-    # pose.py takes numpy, OpenCV and the runtimes from segment.py, loaded by path (importlib)
+    # pose.py and sam2_point.py take numpy, OpenCV and the runtimes from segment.py, loaded by path (importlib)
     assert roots <= {"__future__", "argparse", "glob", "hashlib", "importlib", "json", "math", "os", "sys", "time",
                      "pathlib", "numpy", "cv2", "PIL", "stai_mpu", "tflite_runtime", "ai_edge_litert"}, roots
 

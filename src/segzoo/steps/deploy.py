@@ -30,8 +30,9 @@ def deploy(ctx: RunContext) -> None:
     from segzoo.remote import BoardTarget
 
     target = BoardTarget.from_section(dep.hardware_setup, dep.strict_host_key_checking)
-    summary = push(bundle, target, dep.board_deploy_path, launch=dep.launch,
-                   launch_args=launch_args(dep.launch_input, dep.board_deploy_path), timeout=dep.timeout,
+    task_args = getattr(ctx.task, "launch_args", None)  # e.g. the point prompts of a promptable task
+    args = launch_args(dep.launch_input, dep.board_deploy_path) + (task_args() if task_args else [])
+    summary = push(bundle, target, dep.board_deploy_path, launch=dep.launch, launch_args=args, timeout=dep.timeout,
                    python=dep.python)
     ctx.summary["deployment"].update(summary)
     logger.info("Deployed to %s:%s (verified on the board)%s", summary["host"], summary["remote_path"],
