@@ -203,7 +203,7 @@ def test_a_model_folder_is_refused_for_semantic_segmentation(tmp_path: Path) -> 
     data = default_config()
     data["operation_mode"] = "evaluation"
     data["general"]["model_path"] = str(tmp_path)
-    assert "is a folder; the semantic_segmentation task takes a model file" in errors_of(data)
+    assert f"general.model_path: {str(tmp_path)!r} is not a file" in errors_of(data)
 
 
 def sam2_data(tmp_path: Path, mode: str = "evaluation") -> dict:
@@ -247,7 +247,7 @@ def test_promptable_segmentation_modes_and_model_folders(tmp_path: Path) -> None
     assert "dataset.layout: the promptable_segmentation task evaluates on instance labels" in errors_of(data)
     data = sam2_data(tmp_path, "training")
     assert ("operation_mode: training runs train, which the promptable_segmentation task does not support; its "
-            "modes: evaluation, prediction, quantization, chain_eqe, benchmarking, chain_eqeb, chain_qb, deployment, "
+            "modes are evaluation, prediction, quantization, chain_eqe, benchmarking, chain_eqeb, chain_qb, deployment, "
             "chain_qd") in errors_of(data)
     folder = tmp_path / "pair"
     folder.mkdir()
@@ -261,8 +261,9 @@ def test_promptable_segmentation_modes_and_model_folders(tmp_path: Path) -> None
     data["dataset"].update(quantization_path=data["dataset"]["test_path"],
                            quantization_masks_path=data["dataset"]["test_masks_path"])
     assert "holds TFLite files; quantization starts from the float Keras pair" in errors_of(data)
-    data["quantization"] = {"granularity": "per_channel", "mixed_precision": {"auto": True}}
+    data["quantization"] = {"granularity": "per_channel", "mixed_precision": {"auto": True}, "quantization_type": "qat"}
     assert "quantization.mixed_precision: not available" in errors_of(data)
+    assert "quantization.quantization_type: the promptable_segmentation task is never trained" in errors_of(data)
     assert "quantization.granularity: the promptable_segmentation task quantizes per_tensor only" in errors_of(data)
     data = sam2_data(tmp_path)
     data["training"]["model"]["name"] = "deeplab_v3"

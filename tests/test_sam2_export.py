@@ -83,7 +83,8 @@ def test_float_encoder_signature_matches_keras(models, tmp_path):
 
 @pytest.mark.slow
 def test_int8_decoder_per_tensor_with_float_point_encoding(models, samples, tmp_path):
-    from segzoo.models.sam2.export import DECODER_FLOAT_SCOPES, export_tflite, placement_summary, run_tflite
+    from segzoo.models.sam2.export import DECODER_FLOAT_SCOPES, export_tflite, run_tflite
+    from segzoo.quantization.quantize import placement_summary
 
     _, decoder = models
     with pytest.raises(ModelError, match="stayed in float.*prompt_encoder"):

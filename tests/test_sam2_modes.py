@@ -93,7 +93,8 @@ def test_evaluation_imports_the_checkpoint_and_reports_one_click_miou(imported, 
 
     run_dir, results, cfg = imported
     folder = run_dir / "saved_models" / "imported_model"
-    assert sorted(p.name for p in folder.iterdir()) == ["decoder.keras", "encoder.keras", "sam2.json"]
+    files = ["decoder.keras", "encoder.keras", "sam2.json"]  # each with its sha256 sidecar
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files + [f"{name}.sha256" for name in files])
     params = json.loads((folder / "sam2.json").read_text())["params"]
     assert params["input_shape"] == [SIZE, SIZE, 3] and params["num_points"] == 3
     summary = results["evaluation"]
@@ -142,7 +143,7 @@ def test_clicks_beyond_the_decoder_points_are_refused_before_running(coco, tmp_p
         load_config(cfg)
     cfg["operation_mode"] = "chain_tqeb"
     with pytest.raises(ConfigError, match="chain_tqeb runs train, which the promptable_segmentation task does not "
-                                          "support; its modes: evaluation, prediction, quantization"):
+                                          "support; its modes are evaluation, prediction, quantization"):
         load_config(cfg)
 
 
@@ -241,7 +242,8 @@ def chain(imported, coco, tmp_path_factory) -> tuple[Path, dict]:
 def test_chain_eqeb_quantizes_both_networks_compares_and_benchmarks(chain, imported) -> None:
     run_dir, results = chain
     quantized = Path(results["quantization"]["model"])
-    assert sorted(p.name for p in quantized.iterdir()) == ["decoder_int8.tflite", "encoder_int8.tflite", "sam2.json"]
+    files = ["decoder_int8.tflite", "encoder_int8.tflite", "sam2.json"]  # each with its sha256 sidecar
+    assert sorted(p.name for p in quantized.iterdir()) == sorted(files + [f"{name}.sha256" for name in files])
     assert results["evaluation"]["miou_1click"] == pytest.approx(imported[1]["evaluation"]["miou_1click"], abs=1e-9)
     report = json.loads((run_dir / "quantization_report.json").read_text())
     float_q, int8_q = results["evaluation"]["miou_1click"], results["quantized_evaluation"]["miou_1click"]
@@ -267,9 +269,15 @@ def test_chain_eqeb_quantizes_both_networks_compares_and_benchmarks(chain, impor
     rows = json.loads((run_dir / "benchmark_report.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     models = {(r["model"], r["target"]) for r in rows if not r["error"]}
-    names = ["imported_model encoder (float32)", "imported_model decoder (float32)",
-             f"{quantized.name} encoder", f"{quantized.name} decoder"]
+    names = ["imported_model/encoder (float32)", "imported_model/decoder (float32)",
+             f"{quantized.name}/encoder", f"{quantized.name}/decoder",  # and one row per frame summing both
+             "imported_model per frame (encoder (float32) + decoder (float32))",
+             f"{quantized.name} per frame (encoder + decoder)"]
     assert models == {(n, t) for n in names for t in ("host", "stm32mp2_estimate")}
+    by_name = {(r["model"], r["target"]): r for r in rows}
+    frame = by_name[(f"{quantized.name} per frame (encoder + decoder)", "stm32mp2_estimate")]
+    assert frame["latency_ms"] == pytest.approx(sum(by_name[(f"{quantized.name}/{n}", "stm32mp2_estimate")]["latency_ms"]
+                                                    for n in ("encoder", "decoder")))
 
 
 def point_predictor(folder: Path):

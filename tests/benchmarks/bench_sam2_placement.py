@@ -32,7 +32,8 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 from reference.sam2_schema import synthetic_state_dict  # noqa: E402
 
-from segzoo.models.sam2.export import DECODER_FLOAT_SCOPES, export_tflite, placement_summary  # noqa: E402
+from segzoo.models.sam2.export import DECODER_FLOAT_SCOPES, export_tflite  # noqa: E402
+from segzoo.quantization.quantize import placement_summary  # noqa: E402
 from segzoo.models.sam2.params import Sam2Params  # noqa: E402
 from segzoo.tasks.promptable_segmentation.clicks import first_click  # noqa: E402
 from segzoo.tasks.promptable_segmentation.dataset import instance_samples  # noqa: E402

@@ -436,6 +436,9 @@ def _needs_instance_calibration(cfg: Config, mode: str, steps: tuple[str, ...]) 
     if q.granularity != "per_tensor":
         errors.append(f"quantization.granularity: the promptable_segmentation task quantizes per_tensor only (the "
                       f"STM32MP2 NPU), got {q.granularity}")
+    if q.quantization_type != "ptq":
+        errors.append(f"quantization.quantization_type: the promptable_segmentation task is never trained; use ptq, "
+                      f"got {q.quantization_type}")
     return errors
 
 

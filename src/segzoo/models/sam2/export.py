@@ -10,8 +10,8 @@ int8 is TensorFlow's full-integer post-training quantization with per-tensor wei
 inputs/outputs (QUANTIZE/DEQUANTIZE at the borders), calibrated on dicts of named float arrays. Every op must be
 int8, except inside the ``float_scopes`` a caller names: TFLite has no int8 SIN/COS, so the decoder's point
 encoding (``prompt_encoder``: the random-Fourier features of the N point prompts, a few hundred values) stays in
-float (:data:`DECODER_FLOAT_SCOPES`); a float op anywhere else is a ModelError. :func:`placement_summary` shows
-where the STM32MP2 would run each op.
+float (:data:`DECODER_FLOAT_SCOPES`); a float op anywhere else is a ModelError.
+:func:`segzoo.quantization.quantize.placement_summary` shows where the STM32MP2 would run each op.
 
 :func:`calibrate` + :func:`export_calibrated` split the int8 export in two, as the segmentation converter does:
 the calibrated float model (every tensor's min/max over the samples) is quantized by
@@ -24,7 +24,6 @@ The segmentation converter takes single-input models only; this exporter is the 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,22 +185,3 @@ def run_tflite(path: str | Path, inputs: Mapping[str, np.ndarray], num_threads: 
     interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
     runner = interpreter.get_signature_runner(SIGNATURE)
     return {k: np.asarray(v) for k, v in runner(**{k: np.asarray(v, np.float32) for k, v in inputs.items()}).items()}
-
-
-def placement_summary(path: str | Path, npu_mhz: int = 800) -> dict:
-    """The STM32MP257 estimate of a ``.tflite`` file, condensed: time shares per unit, estimated latency, and the
-    ops off the NPU grouped by ``(op, unit, reason)`` with their count and estimated time."""
-    from segzoo.benchmarking.estimate import estimate_stm32mp2
-
-    est = estimate_stm32mp2(path, npu_mhz=npu_mhz)
-    groups: Counter = Counter()
-    times: Counter = Counter()
-    for op in est["ops"]:
-        if op["unit"] != "NPU":
-            groups[(op["name"], op["unit"], op["reason"])] += 1
-            times[(op["name"], op["unit"], op["reason"])] += op["time_ms"]
-    off = [{"op": name, "unit": unit, "reason": reason, "count": n, "time_ms": times[(name, unit, reason)]}
-           for (name, unit, reason), n in sorted(groups.items(), key=lambda kv: -times[kv[0]])]
-    return {"model": str(path), "latency_ms": est["latency_ms"], "npu_pct": est["npu_pct"],
-            "gpu_pct": est["gpu_pct"], "cpu_pct": est["cpu_pct"], "primary_unit": est["primary_unit"],
-            "ops": len(est["ops"]), "ops_off_npu": sum(groups.values()), "off_npu": off}

@@ -157,8 +157,10 @@ def load_keras_model(path: Path) -> Any:
     """A saved Keras network of the pair (segzoo's custom layers known)."""
     import keras
 
+    from segzoo.io import verified
     from segzoo.models.registry import custom_objects
 
+    path = verified(path)  # ModelError when a file segzoo wrote was damaged since
     try:
         return keras.saving.load_model(path, compile=False, custom_objects=custom_objects())
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for unreadable files

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,17 +71,18 @@ def _formatted(cfg: Config, name: str, model: Any, calibration: Calibration) -> 
 
 
 def _network(cfg: Config, name: str, model: Any, samples: Any, out_path: Path, float_path: Path,
-             calibration: Calibration) -> dict:
-    """Quantize one network and describe it (see the module docstring)."""
-    from segzoo.litert.inspect import NON_COMPUTE_OPS
-    from segzoo.models.sam2.export import DECODER_FLOAT_SCOPES, calibrate, export_calibrated, placement_summary
+             calibration: Calibration) -> tuple[QuantizationResult, str | None]:
+    """Quantize one network (see the module docstring): its result, and why its per-layer errors were not
+    measured (None when they were)."""
+    from segzoo.models.sam2.export import DECODER_FLOAT_SCOPES, calibrate, export_calibrated
     from segzoo.quantization.mixed import layer_errors
+    from segzoo.quantization.quantize import QuantizationResult
 
     start = time.perf_counter()
     model, formatting = _formatted(cfg, name, model, calibration)
     calibrated = calibrate(model, samples)
     scopes = DECODER_FLOAT_SCOPES if name == "decoder" else ()
-    summary = export_calibrated(calibrated, out_path, float_scopes=scopes)
+    inspection = export_calibrated(calibrated, out_path, float_scopes=scopes)
     limit = LAYER_ERROR_SAMPLES[name]
     needed = 3 * tensor_bytes(calibrated)
     if needed <= LAYER_ERROR_BUDGET:
@@ -91,24 +91,13 @@ def _network(cfg: Config, name: str, model: Any, samples: Any, out_path: Path, f
         errors, skipped = [], (f"not measured: the debug model would hold about {needed / 2**30:.1f} GiB of tensors "
                                f"(budget {LAYER_ERROR_BUDGET / 2**30:.0f} GiB)")
         log.info("%s: per-layer errors %s", name, skipped)
-    compute = [op for op in summary["ops"] if op["name"] not in NON_COMPUTE_OPS]
-    placement = placement_summary(out_path) if cfg.quantization.target == "stm32mp2" else None
-    floats = sorted({op["name"] for op in summary["ops"] if op["tensor"] in summary["float_ops"]})
-    log.info("%s: %s (%.1f MB), float ops %s%s", name, out_path.name, summary["size_bytes"] / 1e6, floats or "none",
-             f", STM32MP2 estimate {placement['npu_pct']:.1f}% NPU" if placement else "")
-    return {
-        "name": name, "model": str(out_path), "float_model": str(float_path),
-        "size_bytes": summary["size_bytes"], "float_size_bytes": float_path.stat().st_size,
-        "compute_ops": len(compute), "int8_ops": sum(op["int8"] for op in compute),
-        "int8_compute_share": summary["int8_compute_share"], "has_per_channel": summary["has_per_channel"],
-        "per_channel_tensors": summary["per_channel_tensors"], "float_ops": summary["float_ops"],
-        "float_op_types": floats, "op_histogram": summary["op_histogram"],
-        "npu_ready": not summary["has_per_channel"] and not summary["float_ops"],
-        "formatting": formatting, "stm32mp2_estimate": placement,
-        "worst_layers": [{**row, "network": name} for row in errors[:WORST_LAYERS]],
-        "layer_error_samples": limit if skipped is None else 0, "layer_errors_skipped": skipped,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    floats = sorted({op["name"] for op in inspection["ops"] if op["tensor"] in inspection["float_ops"]})
+    log.info("%s: %s (%.1f MB), float ops %s", name, out_path.name, inspection["size_bytes"] / 1e6, floats or "none")
+    result = QuantizationResult(
+        path=out_path, float_model=float_path, granularity="per_tensor", input_type="float", output_type="float",
+        float_layers=[], calibration={**calibration.info, "network": name}, formatting=formatting,
+        layer_errors=errors, inspection=inspection, seconds=time.perf_counter() - start)
+    return result, skipped
 
 
 def tensor_bytes(model_content: bytes) -> int:
@@ -120,45 +109,47 @@ def tensor_bytes(model_content: bytes) -> int:
     return sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize for d in details)
 
 
-def combined_inspection(networks: list[dict]) -> dict:
-    """The inspection fields of the whole pair (for the report's headline): sizes summed, shares over all ops."""
-    compute = sum(n["compute_ops"] for n in networks)
-    histogram: Counter = Counter()
-    for n in networks:
-        histogram.update(n["op_histogram"])
-    return {"size_bytes": sum(n["size_bytes"] for n in networks),
-            "int8_compute_share": sum(n["int8_ops"] for n in networks) / compute if compute else 0.0,
-            "has_per_channel": any(n["has_per_channel"] for n in networks),
-            "per_channel_tensors": [t for n in networks for t in n["per_channel_tensors"]],
-            "float_ops": [f"{n['name']}: {t}" for n in networks for t in n["float_ops"]],
-            "op_histogram": dict(histogram)}
-
-
 def quantize_pair(cfg: Config, pair: ModelPair, models: dict[str, Any], calibration: Calibration,
                   run_dir: Path) -> QuantizationResult:
-    """Both networks of ``pair`` (loaded Keras ``models``) quantized into one folder; the result for the report."""
-    from segzoo.quantization.quantize import QuantizationResult
+    """Both networks of ``pair`` (loaded Keras ``models``) quantized into one folder; one result of both
+    (:func:`segzoo.quantization.quantize.combine_results`: a report section per network, the placement per frame)."""
+    from segzoo.quantization.quantize import combine_results, stm32mp2_placement
     from segzoo.tasks.promptable_segmentation.models import INFO_FILE
 
-    start = time.perf_counter()
     out_dir = quantized_folder(cfg, run_dir, pair.folder)
-    networks = []
+    results, skipped = {}, {}
     with atomic_dir(out_dir) as stage:
         for name in ("encoder", "decoder"):
             samples = (lambda n=name: getattr(calibration, n)())
-            networks.append(_network(cfg, name, models[name], samples, stage / f"{name}_int8.tflite",
-                                     pair.files()[name], calibration))
+            results[name], skipped[name] = _network(cfg, name, models[name], samples, stage / f"{name}_int8.tflite",
+                                                    pair.files()[name], calibration)
         info = dict(pair.info)
         info["quantization"] = {"granularity": "per_tensor", "input_type": "float", "output_type": "float",
                                 "calibration": calibration.info, "float_model": str(pair.folder)}
         write_json(stage / INFO_FILE, info)
-    for network in networks:
-        network["model"] = str(out_dir / Path(network["model"]).name)
-        if network["stm32mp2_estimate"]:
-            network["stm32mp2_estimate"]["model"] = network["model"]
-    errors = sorted((row for n in networks for row in n["worst_layers"]), key=lambda r: -r["rmse_per_scale"])
-    return QuantizationResult(
-        path=out_dir, float_model=pair.folder, granularity="per_tensor", input_type="float", output_type="float",
-        float_layers=[], calibration=calibration.info, formatting=None, layer_errors=errors,
-        inspection=combined_inspection(networks), warnings=list(calibration.warnings),
-        seconds=time.perf_counter() - start, stm32mp2=None, networks=networks)
+    for result in results.values():  # the files are in place now: placement estimates name them there
+        result.path = out_dir / result.path.name
+        result.stm32mp2 = stm32mp2_placement(result.path) if cfg.quantization.target == "stm32mp2" else None
+    combined = combine_results(out_dir, pair.folder, results)
+    for section in combined.networks:
+        section["layer_error_samples"] = 0 if skipped[section["name"]] else LAYER_ERROR_SAMPLES[section["name"]]
+        section["layer_errors_skipped"] = skipped[section["name"]]
+        estimate = section["stm32mp2_estimate"]
+        if estimate:
+            log.info("%s: STM32MP2 estimate %.1f%% NPU, %d of %d ops off it", section["name"], estimate["npu_pct"],
+                     estimate["ops_off_npu"], estimate["ops"])
+    combined.warnings = list(calibration.warnings) + _unapplied_steps(cfg) + combined.warnings
+    return combined
+
+
+def _unapplied_steps(cfg: Config) -> list[str]:
+    """The configured post-training steps that work on single-input flatbuffers and so do not run here."""
+    q = cfg.quantization
+    steps = [key for key, on in ((f"activation_ranges ({q.activation_ranges})", q.activation_ranges != "minmax"),
+                                 ("adaround", q.adaround), ("bias_correction", q.bias_correction)) if on]
+    if not steps:
+        return []
+    message = (f"{', '.join('quantization.' + key for key in steps)}: not applied to the SAM2 networks (these steps "
+               f"work on single-input models); both networks are calibrated with min/max ranges")
+    log.warning(message)
+    return [message]

@@ -53,7 +53,7 @@ class PromptableSegmentation:
     def import_model(self) -> Path:
         """``training.model`` built with its pretrained weights and saved as a Keras pair in
         ``saved_models/imported_model/`` (``encoder.keras``, ``decoder.keras``, ``sam2.json``)."""
-        from segzoo.io import atomic_dir
+        from segzoo.io import atomic_dir, write_sidecar
         from segzoo.models.registry import build_from_params
         from segzoo.models.sam2.weights import DECODER_NAME, ENCODER_NAME
 
@@ -62,8 +62,9 @@ class PromptableSegmentation:
         model = build_from_params(params, None, weights_dirs=cfg.general.weights_dirs)
         folder = self.ctx.run_dir / cfg.general.saved_models_dir / IMPORTED
         with atomic_dir(folder) as stage:
-            model.get_layer(ENCODER_NAME).save(stage / "encoder.keras")
-            model.get_layer(DECODER_NAME).save(stage / "decoder.keras")
+            for name, layer in (("encoder.keras", ENCODER_NAME), ("decoder.keras", DECODER_NAME)):
+                model.get_layer(layer).save(stage / name)
+                write_sidecar(stage / name)  # checked when the pair is loaded
             write_info(stage, params)
         logger.info("Imported %s with weights %s into %s", params.name, params.pretrained_weights, folder)
         return folder
@@ -193,7 +194,7 @@ class PromptableSegmentation:
         """Both .tflite files of the pair; a Keras pair as its float32 conversion (``<run>/benchmark/``)."""
         pair = self.pair(model)
         if pair.kind == "tflite":
-            return [(path, f"{model.name} {role}") for role, path in pair.files().items()]
+            return [(path, f"{model.name}/{role}") for role, path in pair.files().items()]
         from segzoo.models.sam2.export import export_tflite
         from segzoo.tasks.promptable_segmentation.models import load_keras_model
 
@@ -203,7 +204,7 @@ class PromptableSegmentation:
             target = out_dir / f"{role}_float32.tflite"
             if not target.exists():
                 export_tflite(load_keras_model(path), target)
-            files.append((target, f"{model.name} {role} (float32)"))
+            files.append((target, f"{model.name}/{role} (float32)"))
         return files
 
     # ------------------------------------------------------------------------------------------ prediction
