@@ -16,7 +16,7 @@ def build_report(result: QuantizationResult, accuracy: dict) -> dict:
     inspection = result.inspection
     return {
         **accuracy,
-        "float": {"model": str(result.float_model), "size_bytes": _size(result.float_model), **accuracy["float"]},
+        "float": {"model": str(result.float_model), "size_bytes": _float_size(result), **accuracy["float"]},
         "quantized": {"model": str(result.path), "size_bytes": inspection["size_bytes"], **accuracy["quantized"]},
         "granularity": result.granularity,
         "input_type": result.input_type,
@@ -38,6 +38,13 @@ def build_report(result: QuantizationResult, accuracy: dict) -> dict:
         "seconds": result.seconds,
         "networks": result.networks,
     }
+
+
+def _float_size(result: QuantizationResult) -> int:
+    """Bytes of the float model: its networks' files (a model folder may hold other files, e.g. a SOURCE.md)."""
+    if result.networks:
+        return sum(n["float_size_bytes"] for n in result.networks)
+    return _size(result.float_model)
 
 
 def _size(path: Path) -> int:
