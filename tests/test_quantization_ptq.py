@@ -363,6 +363,27 @@ def test_default_steps_hold_per_tensor_on_an_imagenet_backbone(tmp_path) -> None
     assert new_error < 0.5 * old_error
 
 
+# ------------------------------------------------------------------------------------------------ timings
+def test_step_timer_tells_waiting_from_computing_and_the_report_shows_both() -> None:
+    import time
+
+    from segzoo.quantization.quantize import StepTimer
+    from segzoo.quantization.report import _timing_lines
+
+    timer = StepTimer()
+    with timer.step("waiting"):
+        time.sleep(0.3)
+    with timer.step("computing"):
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+    steps = timer.to_dict()["steps"]
+    assert steps["waiting"]["wall_s"] >= 0.29 and steps["waiting"]["cpu_s"] < 0.15
+    assert steps["computing"]["cpu_s"] >= 0.29
+    line = _timing_lines(timer.to_dict())[0]
+    assert "waiting 0.3/0.0" in line and "computing" in line and "process CPU" in line
+
+
 # ------------------------------------------------------------------------------------------- config keys
 def test_post_training_keys_have_defaults_and_checked_values() -> None:
     import yaml

@@ -3,7 +3,7 @@
 Run by hand (not collected by pytest)::
 
     python tests/benchmarks/bench_pretrained_per_tensor.py camvid MODEL.keras [MODEL.keras ...]
-    python tests/benchmarks/bench_pretrained_per_tensor.py deeplab257 [--bootstrap 1000]
+    python tests/benchmarks/bench_pretrained_per_tensor.py deeplab257 [--bootstrap 1000] [--quantization K=V ...]
     python tests/benchmarks/bench_pretrained_per_tensor.py timing
 
 ``camvid``: float models fine-tuned on CamVid (``config_file_examples/chain_tqe_camvid_imagenet.yaml``) quantized
@@ -11,12 +11,14 @@ per-tensor with each post-training step added in turn (the old defaults first, t
 float and int8 mIoU on CamVid val at 480x360, the drop, the STM32MP257 NPU share, the quantization seconds and the
 worst layers (RMSE / int8 step). Calibration: 100 training images (the configuration's default).
 
-``deeplab257``: Google's float DeepLabV3 257 and ST's int8 per-tensor file of the same weights on real COCO
-photos mapped to VOC (the evaluation ids in ``tests/benchmarks/data/coco128_evaluation.txt``; the calibration
-ids in ``coco128_calibration.txt`` are never evaluated) and on the 14 VOC samples; the drop against the float
-file with a paired bootstrap 95% interval over images, and the number of images per class. segzoo's own
-per-tensor quantization of the float file is added when the float-TFLite importer is available
-(``segzoo.litert`` import), calibrated on the calibration ids.
+``deeplab257 [--bootstrap N] [--quantization KEY=VALUE ...] [--keep DIR]``: Google's float DeepLabV3 257, ST's
+int8 per-tensor file of the same weights and segzoo's own per-tensor quantization of the float file (the
+command-line quantization run with the default settings, or the given ``quantization`` keys), calibrated on the
+calibration ids in ``tests/benchmarks/data/coco128_calibration.txt``, on real COCO photos mapped to VOC (the
+evaluation ids in ``coco128_evaluation.txt``, never calibrated on) and on the 14 VOC samples. Per model: the mIoU
+of the pixels pooled over the set (one confusion matrix, as segzoo evaluates), the drop against the float file
+with a paired bootstrap 95% interval over images, the mean of the per-image mIoU and its drop; the number of
+images per class; segzoo's run time (wall, process CPU, load), per-step seconds, NPU share and worst layers.
 
 ``timing``: the default per-tensor steps on a stand-in of the 257 model until the importer lands (DeepLabV3
 MobileNetV2 alpha 0.5, output stride 8, no ASPP, 21 classes, 256x256: the registry needs a multiple of the stride),
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TQDM_DISABLE", "1")  # one progress bar per image otherwise
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
@@ -140,19 +143,55 @@ def paired_bootstrap(reference: np.ndarray, other: np.ndarray, rounds: int, seed
     return float(low), float(high)
 
 
-def _segzoo_quantized(tmp: Path, calibration: list) -> Path | None:
-    """segzoo's per-tensor quantization of Google's float file, once the float-TFLite importer is on the branch."""
-    try:
-        from segzoo.litert import importer  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        print("segzoo row: skipped (the float-TFLite importer is not on this branch yet)")
-        return None
-    print("segzoo row: skipped (importer present: quantize its Keras model with operation_mode=quantization, "
-          "dataset.quantization_files_path = tests/benchmarks/data/coco128_calibration.txt)")
-    return None
+def deeplab257_config(quantization: dict | None = None) -> dict:
+    """``evaluation_coco_to_voc.yaml`` turned into a quantization run of Google's float file with segzoo's defaults:
+    calibrated on the calibration ids, the run's own float/int8 comparison on the evaluation ids."""
+    cfg = yaml.safe_load((REPO / "config_file_examples" / "evaluation_coco_to_voc.yaml").read_text())
+    cfg.pop("hydra", None)
+    images, masks = COCO / "images" / "train2017", COCO / "semantic_segmentation" / "masks" / "train2017"
+    cfg["operation_mode"] = "quantization"
+    cfg["general"]["model_path"] = str(GOOGLE)
+    cfg["dataset"].update({"test_path": str(images), "test_masks_path": str(masks),
+                           "test_files_path": str(DATA / "coco128_evaluation.txt"),
+                           "quantization_path": str(images), "quantization_masks_path": str(masks),
+                           "quantization_files_path": str(DATA / "coco128_calibration.txt")})
+    cfg["mlflow"] = {"enabled": False}
+    cfg["quantization"] = dict(quantization or {})
+    return cfg
 
 
-def bench_deeplab257(rounds: int) -> None:
+def _segzoo_quantized(tmp: Path, quantization: dict | None = None) -> tuple[Path, dict]:
+    """segzoo's per-tensor quantization of Google's float file (default settings unless ``quantization``), through
+    the command-line run; the int8 file and the run's quantization report."""
+    from segzoo.cli import run
+
+    start, cpu = time.perf_counter(), time.process_time()
+    load = os.getloadavg()
+    run(deeplab257_config(quantization), run_dir=tmp / "q")
+    report = json.loads((tmp / "q" / "quantization_report.json").read_text())
+    report["bench"] = {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
+                       "load_before": load, "load_after": os.getloadavg()}
+    return next((tmp / "q").rglob("*_int8_per_tensor*.tflite")), report
+
+
+def _print_quantization(report: dict) -> None:
+    """Placement, time and per-step seconds of segzoo's run, and its worst layers."""
+    est, bench = report.get("stm32mp2_estimate") or {}, report["bench"]
+    print(f"\nsegzoo run (quantization mode incl. its own float/int8 evaluation): {bench['wall_s']:.0f} s wall, "
+          f"{bench['cpu_s']:.0f} s process CPU, load {bench['load_before'][0]:.2f} -> {bench['load_after'][0]:.2f}; "
+          f"quantization step {report.get('seconds', float('nan')):.0f} s; NPU {est.get('npu_pct', float('nan')):.1f}%"
+          f", off the NPU: {est.get('ops_off_npu', {})}")
+    timings = report.get("timings") or {}
+    print(f"quantization step: {timings.get('wall_s', 0):.0f} s wall, {timings.get('cpu_s', 0):.0f} s process CPU, "
+          f"load average {timings.get('load_average_start')} -> {timings.get('load_average_end')}; per step "
+          "(wall/CPU s): " + ", ".join(f"{k} {v['wall_s']:.1f}/{v['cpu_s']:.1f}"
+                                        for k, v in (timings.get("steps") or {}).items()))
+    worst = ", ".join(f"{(w['layers'] or [w['tensor']])[-1]} {w['rmse_per_scale']:.2f}"
+                      for w in report.get("worst_layers", [])[:5])
+    print(f"worst layers (RMSE / int8 step): {worst}")
+
+
+def bench_deeplab257(rounds: int, quantization: dict | None = None, keep: Path | None = None) -> None:
     names, coco_mapper, voc_mapper = _voc_setup()
     sets = {
         "COCO train2017 (evaluation ids)": (_samples(COCO / "images" / "train2017",
@@ -162,27 +201,31 @@ def bench_deeplab257(rounds: int) -> None:
                                                sorted(p.stem for p in (VOC / "images").glob("*.png")), ".png"),
                                       voc_mapper),
     }
-    calibration = _samples(COCO / "images" / "train2017", COCO / "semantic_segmentation" / "masks" / "train2017",
-                           _ids("coco128_calibration.txt"), ".jpg")
-    assert not {s.image_path for s in calibration} & {s.image_path for s in sets[next(iter(sets))][0]}
+    assert not set(_ids("coco128_calibration.txt")) & set(_ids("coco128_evaluation.txt"))
     with tempfile.TemporaryDirectory() as tmp:
+        if keep is not None:  # the run folder of segzoo's quantization (report, model, log) stays there
+            keep.mkdir(parents=True, exist_ok=True)
+            tmp = str(keep)
         models = {"Google float (reference)": GOOGLE, "ST int8 per-tensor": ST}
-        ours = _segzoo_quantized(Path(tmp), calibration)
-        if ours is not None:  # pragma: no cover - needs the importer
-            models["segzoo int8 per-tensor"] = ours
+        models["segzoo int8 per-tensor (defaults)"], report = _segzoo_quantized(Path(tmp), quantization)
+        _print_quantization(report)
         for set_name, (samples, mapper) in sets.items():
             start = time.perf_counter()
             cms = {name: per_image_confusions(path, samples, mapper, names) for name, path in models.items()}
             reference = cms["Google float (reference)"]
             present = (reference.sum(2) > 0)  # [N, C]: class in the ground truth of the image
             print(f"\n## {set_name}: {len(samples)} images ({time.perf_counter() - start:.0f} s)\n")
-            print("| model | mIoU | drop vs float (points) | 95% interval (paired bootstrap) |")
-            print("|---|---:|---:|---|")
+            print("| model | mIoU (pixels pooled) | drop vs float (points) | 95% interval (paired bootstrap) "
+                  "| mean per-image mIoU | its drop |")
+            print("|---|---:|---:|---|---:|---:|")
             for name, cm in cms.items():
                 drop = 100 * (miou(reference.sum(0)) - miou(cm.sum(0)))
                 interval = "" if cm is reference else "[{:.2f}, {:.2f}]".format(*paired_bootstrap(reference, cm,
                                                                                                       rounds))
-                print(f"| {name} | {100 * miou(cm.sum(0)):.2f} | {drop:.2f} | {interval} |")
+                per_image = 100 * np.mean([miou(c) for c in cm])
+                per_image_drop = 100 * np.mean([miou(r) - miou(c) for r, c in zip(reference, cm)])
+                print(f"| {name} | {100 * miou(cm.sum(0)):.2f} | {drop:.2f} | {interval} | {per_image:.2f} | "
+                      f"{per_image_drop:.2f} |")
             counts = present.sum(0)
             print("\nImages per class: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts) if c))
 
@@ -231,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     camvid.add_argument("models", nargs="+", type=Path)
     deeplab = sub.add_parser("deeplab257")
     deeplab.add_argument("--bootstrap", type=int, default=1000)
+    deeplab.add_argument("--quantization", nargs="*", default=[], metavar="KEY=VALUE",
+                         help="quantization keys for segzoo's row instead of the defaults (YAML values)")
+    deeplab.add_argument("--keep", type=Path, help="keep segzoo's quantization run folder here")
     sub.add_parser("timing")
     args = parser.parse_args(argv)
     if args.what == "camvid":
@@ -238,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "timing":
         bench_timing()
     else:
-        bench_deeplab257(args.bootstrap)
+        bench_deeplab257(args.bootstrap, {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in
+                                                                            args.quantization)}, args.keep)
     return 0
 
 

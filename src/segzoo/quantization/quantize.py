@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,40 @@ class QuantizationResult:
     networks: list[dict] = field(default_factory=list)
     """A model made of several networks (e.g. an encoder and a decoder): one section per file, with its own
     inspection, STM32MP2 placement and worst layers; ``inspection`` then describes them together."""
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepTimer:
+    """Wall and process CPU seconds of each named step (the CPU time counts every thread of this process, so on a
+    loaded machine it says what the step costs where the wall time says what it waited), and the load average."""
+
+    steps: dict[str, dict[str, float]] = field(default_factory=dict)
+    load_average: list[float] = field(default_factory=lambda: _load_average())
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Time the block as ``name`` (times add up when a name repeats)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            entry = self.steps.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
+            entry["wall_s"] = round(entry["wall_s"] + time.perf_counter() - wall, 2)
+            entry["cpu_s"] = round(entry["cpu_s"] + time.process_time() - cpu, 2)
+
+    def to_dict(self) -> dict:
+        """``steps`` (name -> wall_s, cpu_s), totals, ``load_average`` (1/5/15 min) at the start and at the end."""
+        return {"steps": self.steps, "wall_s": round(sum(v["wall_s"] for v in self.steps.values()), 2),
+                "cpu_s": round(sum(v["cpu_s"] for v in self.steps.values()), 2),
+                "cpus": os.cpu_count(), "load_average_start": self.load_average, "load_average_end": _load_average()}
+
+
+def _load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return []
 
 
 def representative(batch: np.ndarray, limit: int | None = None) -> Callable[[], Iterator[np.ndarray]]:
@@ -113,46 +149,61 @@ def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibrati
     from segzoo.quantization.formatting import optimize_for_per_tensor
     from segzoo.litert.inspect import inspect_tflite
 
-    start, q = time.perf_counter(), cfg.quantization
-    model = load_float_model(float_model)
+    start, q, timer = time.perf_counter(), cfg.quantization, StepTimer()
+    with timer.step("load_float_model"):
+        model = load_float_model(float_model)
     input_hw, channels = tuple(model.input_shape[1:3]), int(model.input_shape[-1])
-    batch, calibration_info, warnings = calibration(input_hw, channels)
+    with timer.step("calibration_data"):
+        batch, calibration_info, warnings = calibration(input_hw, channels)
     if q.granularity == "per_channel" and q.target == "stm32mp2":
         logger.warning(PER_CHANNEL_WARNING)
         warnings.append(PER_CHANNEL_WARNING)
     formatting = None
     if q.optimize:
-        model, formatting = optimize_for_per_tensor(model, batch[:LAYER_ERROR_IMAGES], relu6=q.relu6_equalization,
-                                                     dead_channels=q.dead_channels)
+        with timer.step("formatting"):
+            model, formatting = optimize_for_per_tensor(model, batch[:LAYER_ERROR_IMAGES],
+                                                         relu6=q.relu6_equalization, dead_channels=q.dead_channels)
         logger.info("Formatting for per-tensor quantization: %s", formatting)
     learned = None
     if q.quantization_type == "qat":
-        model, learned, qat_report = quantization_aware_fine_tuning(cfg, model, batch, fine_tuning)
-    calibrated = converter.calibrate(model, representative(batch))
+        with timer.step("qat"):
+            model, learned, qat_report = quantization_aware_fine_tuning(cfg, model, batch, fine_tuning)
+    with timer.step("calibration"):
+        calibrated = converter.calibrate(model, representative(batch))
     if learned is None:
-        calibrated, refinements = refine_calibrated(cfg, calibrated, batch)
+        calibrated, refinements = refine_calibrated(cfg, calibrated, batch, timer)
     else:
         from segzoo.quantization.qat import apply_ranges
 
         calibrated, qat_report["ranges"] = apply_ranges(calibrated, learned)
         refinements = {"qat": qat_report}
-    errors = mixed.layer_errors(model, representative(batch, LAYER_ERROR_IMAGES), granularity=q.granularity,
-                               calibrated=calibrated)
+    with timer.step("layer_errors"):
+        errors = mixed.layer_errors(model, representative(batch, LAYER_ERROR_IMAGES), granularity=q.granularity,
+                                   calibrated=calibrated)
     float_layers, trace = list(q.mixed_precision.float_layers), []
     if q.mixed_precision.auto:
-        float_layers, trace = _auto_float_layers(cfg, calibrated, errors, float_model, metric_of)
+        with timer.step("mixed_precision_search"):
+            float_layers, trace = _auto_float_layers(cfg, calibrated, errors, float_model, metric_of)
     out_path = out_path or run_dir / q.export_dir / output_name(float_model, q.granularity, bool(float_layers))
-    converter.convert_calibrated(calibrated, out_path, granularity=q.granularity,
-                                 input_type=q.quantization_input_type, output_type=q.quantization_output_type,
-                                 float_layers=float_layers)
-    placement = stm32mp2_placement(out_path) if q.target == "stm32mp2" else None
+    with timer.step("int8_conversion"):
+        converter.convert_calibrated(calibrated, out_path, granularity=q.granularity,
+                                     input_type=q.quantization_input_type, output_type=q.quantization_output_type,
+                                     float_layers=float_layers)
+    with timer.step("placement_estimate"):
+        placement = stm32mp2_placement(out_path) if q.target == "stm32mp2" else None
+        inspection = inspect_tflite(out_path)
+    timings = timer.to_dict()
+    logger.info("Quantization: %.0f s wall, %.0f s process CPU (%s); load average %s -> %s", timings["wall_s"],
+                timings["cpu_s"], ", ".join(f"{k} {v['wall_s']:.1f}/{v['cpu_s']:.1f}"
+                                            for k, v in timings["steps"].items()),
+                timings["load_average_start"], timings["load_average_end"])
     return QuantizationResult(path=out_path, float_model=float_model, granularity=q.granularity,
                               input_type=q.quantization_input_type, output_type=q.quantization_output_type,
                               float_layers=float_layers, calibration=calibration_info, formatting=formatting,
                               refinements=refinements,
-                              layer_errors=errors, inspection=inspect_tflite(out_path),
+                              layer_errors=errors, inspection=inspection,
                               mixed_precision_trace=trace, warnings=warnings, seconds=time.perf_counter() - start,
-                              stm32mp2=placement)
+                              stm32mp2=placement, timings=timings)
 
 
 def quantization_aware_fine_tuning(cfg: Config, model: Any, batch: np.ndarray,
@@ -178,11 +229,13 @@ def quantization_aware_fine_tuning(cfg: Config, model: Any, batch: np.ndarray,
     return model, qat.learned_ranges(clone), report
 
 
-def refine_calibrated(cfg: Config, calibrated: bytes, batch: np.ndarray) -> tuple[bytes, dict]:
+def refine_calibrated(cfg: Config, calibrated: bytes, batch: np.ndarray,
+                      timer: StepTimer | None = None) -> tuple[bytes, dict]:
     """The post-training steps on the calibrated model, in order: activation ranges, AdaRound, bias correction.
 
     Each one edits the calibrated float flatbuffer (ranges, weights on their grid, float biases) before the
-    quantizer turns it into int8; the report has one entry per step that ran, with its ``seconds``.
+    quantizer turns it into int8; the report has one entry per step that ran, with its ``seconds`` (wall) and
+    ``cpu_seconds`` (process CPU); ``timer`` also records them.
     """
     from segzoo.quantization import bias_correction, ranges
 
@@ -201,11 +254,13 @@ def refine_calibrated(cfg: Config, calibrated: bytes, batch: np.ndarray) -> tupl
                                                               granularity=q.granularity)))
     if q.bias_correction:
         steps.append(("bias_correction", lambda c: bias_correction.correct_biases(c, batch, q.granularity)))
+    timer = timer or StepTimer()
     for name, step in steps:
-        start = time.perf_counter()
-        calibrated, report[name] = step(calibrated)
-        report[name]["seconds"] = round(time.perf_counter() - start, 2)
-        logger.info("Post-training step %s: %.1f s", name, report[name]["seconds"])
+        with timer.step(name):
+            calibrated, report[name] = step(calibrated)
+        report[name]["seconds"], report[name]["cpu_seconds"] = timer.steps[name]["wall_s"], timer.steps[name]["cpu_s"]
+        logger.info("Post-training step %s: %.1f s wall, %.1f s CPU", name, report[name]["seconds"],
+                    report[name]["cpu_seconds"])
     return calibrated, report
 
 

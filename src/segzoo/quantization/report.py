@@ -37,6 +37,7 @@ def build_report(result: QuantizationResult, accuracy: dict) -> dict:
         "warnings": result.warnings,
         "seconds": result.seconds,
         "networks": result.networks,
+        "timings": result.timings,
     }
 
 
@@ -76,6 +77,7 @@ def to_markdown(report: dict) -> str:
         f"- Float layers: {', '.join(report['float_layers']) or 'none'}",
         *([] if networks else [f"- Formatting: {_formatting(report['formatting'])}",
                                *_refinement_lines(report.get("refinements") or {})]),
+        *_timing_lines(report.get("timings") or {}),
         "",
         *_accuracy_lines(report),
     ]
@@ -221,6 +223,16 @@ def _refinement_lines(refinements: dict) -> list[str]:
                      f"learning rate {r['learning_rate']:g}, {r.get('ranges', {}).get('tensors', 0)} learned "
                      f"activation ranges kept ({r['seconds']:.0f} s)")
     return lines
+
+
+def _timing_lines(timings: dict) -> list[str]:
+    """Wall and process CPU seconds per step, and the machine's load while it ran."""
+    if not timings.get("steps"):
+        return []
+    steps = ", ".join(f"{name} {v['wall_s']:.1f}/{v['cpu_s']:.1f}" for name, v in timings["steps"].items())
+    load = timings.get("load_average_start") or []
+    return [f"- Time: {timings['wall_s']:.0f} s wall, {timings['cpu_s']:.0f} s process CPU on {timings.get('cpus')} "
+            f"cores (load average {load[0] if load else 'n/a'} at the start); per step, wall/CPU s: {steps}"]
 
 
 def write_quantization_report(run_dir: Path, report: dict) -> dict[str, Path]:
