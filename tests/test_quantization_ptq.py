@@ -363,6 +363,61 @@ def test_default_steps_hold_per_tensor_on_an_imagenet_backbone(tmp_path) -> None
     assert new_error < 0.5 * old_error
 
 
+# ------------------------------------------------------------------------------------ ReLU6 headroom CLE
+def test_relu6_headroom_rescales_only_channels_with_room_below_the_cap() -> None:
+    """A 1x1 conv -> ReLU6 -> depthwise pair whose depthwise channels 0 and 1 are 30x wider than 2 and 3: channel 0
+    reaches the cap on the calibration images (never rescaled), channel 1 stays far below it (rescaled: its
+    depthwise weights shrink), the ReLU6 stays a ReLU6 and the outputs on the calibration images are unchanged."""
+    from segzoo.quantization.formatting import optimize_for_per_tensor
+
+    inputs = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(4, 1, name="p")(inputs)
+    x = keras.layers.ReLU(6.0, name="p_relu")(x)
+    model = keras.Model(inputs, keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x))
+    model.get_layer("p").set_weights([np.array([[[[8.0, 0.1, 1.0, 1.0], [0.0, 0.0, 0.5, -0.5]]]]), np.zeros(4)])
+    dw = np.random.default_rng(0).uniform(0.5, 1.0, (3, 3, 4, 1))
+    dw[:, :, :2] *= 30.0
+    model.get_layer("dw").set_weights([dw, np.zeros(4)])
+    calib = np.random.default_rng(1).uniform(0, 1, (8, 8, 8, 2)).astype(np.float32)
+    head, report = optimize_for_per_tensor(model, calib, relu6="headroom", dead_channels="off")
+    _, skip_report = optimize_for_per_tensor(model, calib, relu6="skip", dead_channels="off")
+    assert report["relu6_headroom_pairs"] == 1 and skip_report["cle_pairs"] == 0
+    assert [type(layer).__name__ for layer in head.layers] == [type(layer).__name__ for layer in model.layers]
+    new_dw = np.abs(head.get_layer("dw").get_weights()[0]).reshape(-1, 4).max(axis=0)
+    old_dw = np.abs(dw).reshape(-1, 4).max(axis=0)
+    assert new_dw[0] == pytest.approx(old_dw[0]) and new_dw[1] < 0.2 * old_dw[1]
+    np.testing.assert_allclose(np.asarray(head(calib)), np.asarray(model(calib)), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_relu6_headroom_equalizes_through_relu6_without_new_ops_and_lowers_the_error() -> None:
+    """``relu6="headroom"``: pairs across ReLU6 are equalized with the ReLU6 kept (no ChannelReLU, same layer
+    types), the float model is unchanged on the calibration images (and within a small error on held-out ones),
+    and the per-tensor int8 error on held-out images is lower than with ``skip``."""
+    from segzoo.quantization.formatting import optimize_for_per_tensor
+    from test_quantization_core import build
+
+    model = build("v1")
+    calib, held_out = structured_images(16, seed=1), structured_images(8, seed=2)
+    reference = np.asarray(model(held_out))
+
+    def error(optimized) -> float:
+        out = run_bytes(int8_io(calibrate(optimized, rep_of(calib))), held_out)
+        return float(np.abs(out - reference).mean() / np.abs(reference).mean())
+
+    skip, skip_report = optimize_for_per_tensor(model, calib, relu6="skip", dead_channels="off")
+    head, report = optimize_for_per_tensor(model, calib, relu6="headroom", dead_channels="off")
+    assert report["relu6_headroom_pairs"] > 10 and report["channel_relus"] == 0 and not report["exact"]
+    assert sorted(type(layer).__name__ for layer in head.layers) == \
+        sorted(type(layer).__name__ for layer in skip.layers)
+    scale = np.abs(np.asarray(model(calib))).max()
+    np.testing.assert_allclose(np.asarray(head(calib)), np.asarray(model(calib)), atol=1e-4 * scale)
+    assert np.abs(np.asarray(head(held_out)) - reference).max() < 0.02 * np.abs(reference).max()
+    skip_error, head_error = error(skip), error(head)
+    print(f"held-out int8 logit error: skip {skip_error:.3f}, headroom {head_error:.3f}")
+    assert head_error < 0.8 * skip_error
+
+
 # ------------------------------------------------------------------------------------------------ timings
 def test_step_timer_tells_waiting_from_computing_and_the_report_shows_both() -> None:
     import time

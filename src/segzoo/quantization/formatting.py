@@ -22,6 +22,13 @@ Quantization Through Weight Equalization and Bias Correction"; ST's per-tensor f
    equalizes paths without a bounded activation (the ASPP head, the linear
    ``expanded_conv_project -> block_1_expand``), leaving the graph's op set unchanged (but gaining little:
    MobileNetV2's depthwise layers, the worst per-tensor offenders, sit between ReLU6s).
+   ``relu6="headroom"`` (needs calibration images) equalizes across ReLU6 too and keeps every ReLU6 as it is
+   (no new op; the NPU placement is unchanged), within the headroom the calibration images leave: after the
+   rewrite channel ``i`` is clipped at ``6 * C_i`` in the original units (``C_i``: the product of its scales), so
+   the model is unchanged wherever the pre-activation ``z_i`` stays at or below ``min(6, 6 * C_i)``. With ``m_i``
+   the channel's calibration maximum times ``1 + HEADROOM_MARGIN``: ``C_i >= m_i / 6`` always, and ``C_i > 1``
+   only when ``m_i <= 6``; a channel that reaches its cap on the calibration images keeps ``C_i = 1``. Exact on
+   the calibration images (report ``exact: false``; tested on held-out images).
 3. **Bias absorption** (Nagel §4.2), only when ``calibration`` images are given: when a ReLU channel's
    pre-activation stays above ``c_i > 0`` on the calibration set, ``c_i`` is moved out of the producer's bias and
    into the consumers' biases (``relu(z) = relu(z - c) + c`` when ``z >= c``), shrinking that activation's range.
@@ -62,12 +69,15 @@ from segzoo.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-RELU6_MODES: tuple[str, ...] = ("clip", "skip")
+RELU6_MODES: tuple[str, ...] = ("clip", "skip", "headroom")
 DEAD_CHANNEL_MODES: tuple[str, ...] = ("off", "exact", "calibration")
 CLE_MAX_ITERATIONS = 30
 CLE_TOLERANCE = 1e-3
 SCALE_LIMITS = (1e-3, 1e3)
 MAX_CAP_GROWTH = 2.0
+HEADROOM_MARGIN = 0.25
+"""``relu6="headroom"``: a channel's calibration maximum is taken ``1 + HEADROOM_MARGIN`` times larger (unseen
+images reach a little further than the calibration ones) before deciding how far it may be scaled."""
 ABSORB_MARGIN = 1.0
 """Bias absorption shifts channel ``i`` by ``max(0, min_i - ABSORB_MARGIN * (mean_i - min_i))`` (calibration stats).
 
@@ -328,6 +338,10 @@ class _Group:
     relus: list[tuple[str, int]]
     shift_exact: bool
     relu_on_every_path: bool
+    bounds: tuple[np.ndarray, np.ndarray] | None = None
+    """``relu6="headroom"``: per-channel bounds of the total scale ``C_i`` (see the module docstring)."""
+    total: np.ndarray | None = None
+    """``relu6="headroom"``: the product of the scales applied so far."""
 
 
 class _Invalid(Exception):
@@ -342,7 +356,7 @@ def _relu_kind(node: _Node, relu6: str) -> str:
     if node.kind == "ReLU" and float(cfg.get("threshold", 0.0) or 0.0) == 0.0:
         if cfg.get("max_value") is None:
             return "relu"
-        if float(cfg.get("negative_slope", 0.0) or 0.0) == 0.0 and relu6 == "clip":
+        if float(cfg.get("negative_slope", 0.0) or 0.0) == 0.0 and relu6 in ("clip", "headroom"):
             return "capped"
     if node.kind == "LeakyReLU":
         return "relu"
@@ -451,10 +465,18 @@ def equalize_group(graph: _Graph, group: _Group) -> float:
     r2 = _consumer_range(graph, group, r1.size)
     scale = np.ones_like(r1)
     ok = (r1 > 0) & (r2 > 0)
-    scale[ok] = np.clip(np.sqrt(r1[ok] / r2[ok]), _min_scales(graph, group, r1.size)[ok], SCALE_LIMITS[1])
+    if group.bounds is not None:  # headroom: the ReLU6 stay, the total scale stays within the calibration bounds
+        total = group.total if group.total is not None else np.ones_like(r1)
+        low, high = group.bounds
+        scale[ok] = np.clip(np.sqrt(r1[ok] / r2[ok]), low[ok] / total[ok], high[ok] / total[ok])
+        group.total = total * scale
+    else:
+        scale[ok] = np.clip(np.sqrt(r1[ok] / r2[ok]), _min_scales(graph, group, r1.size)[ok], SCALE_LIMITS[1])
     _scale_outputs(producer, 1.0 / scale)
     for cname, offset in group.consumers:
         _scale_inputs(graph.nodes[cname], offset, scale)
+    if group.bounds is not None:
+        return float(np.max(np.abs(np.log(scale)))) if scale.size else 0.0
     for rname, offset in group.relus:
         relu = graph.nodes[rname]
         if _relu_kind(relu, "clip") == "capped":
@@ -560,7 +582,7 @@ def _consumer_bias_delta(node: _Node, offset: int, shift: np.ndarray) -> np.ndar
 
 def absorb_biases(graph: _Graph, calls: dict[str, Any], groups: list[_Group], calibration: np.ndarray) -> int:
     """Nagel §4.2 on the groups where it is exact (see module docstring); the number of channels absorbed."""
-    candidates = [g for g in groups if g.shift_exact and g.relu_on_every_path and g.relus]
+    candidates = [g for g in groups if g.shift_exact and g.relu_on_every_path and g.relus and g.bounds is None]
     if not candidates:
         return 0
     floors = _pre_activation_floor(graph, calls, [g.producer for g in candidates], calibration)
@@ -588,6 +610,33 @@ def absorb_biases(graph: _Graph, calls: dict[str, Any], groups: list[_Group], ca
     return absorbed
 
 
+def headroom_bounds(graph: _Graph, calls: dict[str, Any], groups: list[_Group],
+                    calibration: np.ndarray | None) -> list[_Group]:
+    """``relu6="headroom"``: the groups that pass a ReLU6 get per-channel bounds of their total scale from the
+    calibration maxima of their producer (module docstring); without calibration images they are dropped."""
+    capped = [g for g in groups if any(_relu_kind(graph.nodes[r], "headroom") == "capped" for r, _ in g.relus)]
+    if not capped:
+        return groups
+    if calibration is None:
+        return [g for g in groups if g not in capped]
+    stats = channel_statistics(graph, calls, sorted({g.producer for g in capped}), calibration)
+    for group in capped:
+        peak = np.maximum(stats[group.producer][1], 0.0) * (1.0 + HEADROOM_MARGIN)
+        cap = min(_cap_of(graph.nodes[r]) for r, _ in group.relus if _relu_kind(graph.nodes[r], "headroom")
+                  == "capped")
+        low = np.clip(peak / cap, SCALE_LIMITS[0], 1.0)
+        high = np.where(peak <= cap, SCALE_LIMITS[1], 1.0)
+        group.bounds = (low, high)
+    return groups
+
+
+def _cap_of(relu: _Node) -> float:
+    """The cap of a bounded ReLU (its smallest, for a per-channel one)."""
+    if relu.kind == "ChannelReLU":
+        return float(np.min(relu.weights[0]))
+    return float(relu.config["max_value"])
+
+
 # -------------------------------------------------------------------------------------------------- API
 def _validate_calibration(calibration: np.ndarray | None, model: keras.Model) -> np.ndarray | None:
     if calibration is None:
@@ -607,10 +656,12 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
 
     Steps (module docstring): BatchNorm folding, constant-channel folding (``dead_channels``: ``"off"``,
     ``"exact"`` weight-dead channels only, ``"calibration"`` also channels dead on the calibration images; see
-    :mod:`segzoo.quantization.dead_channels`), cross-layer equalization (``relu6``: ``"clip"`` or ``"skip"``),
+    :mod:`segzoo.quantization.dead_channels`), cross-layer equalization (``relu6``: ``"clip"``, ``"skip"`` or
+    ``"headroom"``, the latter within the calibration images' headroom below each ReLU6 cap),
     bias absorption when ``calibration`` (preprocessed float32 ``[N,H,W,C]``) is given. The input model is not
     modified. Report keys: ``bn_folded``, ``bn_left``, ``cle_groups``, ``cle_pairs``, ``cle_sweeps``,
-    ``channel_relus`` (ReLU6 layers replaced by :class:`ChannelReLU`), ``biases_absorbed`` (channels),
+    ``channel_relus`` (ReLU6 layers replaced by :class:`ChannelReLU`), ``relu6_headroom_pairs`` (pairs equalized
+    across a ReLU6 kept as it is), ``biases_absorbed`` (channels),
     ``dead_channels`` (weight-dead / calibration-dead channels folded, per layer), ``relu6``, ``exact`` (False
     once biases were absorbed or calibration-dead channels folded: exact on the calibration images only),
     ``notes``.
@@ -629,6 +680,8 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
     if dead_channels != "off":
         dead = fold_dead_channels(graph, calls, calibration if dead_channels == "calibration" else None).as_dict()
     groups = find_groups(graph, relu6)
+    if relu6 == "headroom":
+        groups = headroom_bounds(graph, calls, groups, calibration)
     sweeps = equalize(graph, groups) if groups else 0
     absorbed = absorb_biases(graph, calls, groups, calibration) if calibration is not None else 0
     optimized = rebuild(graph, calls)
@@ -642,7 +695,9 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
         "biases_absorbed": absorbed,
         "dead_channels": dead,
         "relu6": relu6,
-        "exact": absorbed == 0 and not (dead or {}).get("calibration_dead"),
+        "relu6_headroom_pairs": sum(len(g.consumers) for g in groups if g.bounds is not None),
+        "exact": absorbed == 0 and not (dead or {}).get("calibration_dead")
+        and not any(g.bounds is not None for g in groups),
         "notes": ("activation ranges are the converter's min/max over the calibration set (no clipping); "
                   + ("bias absorption from calibration statistics (min - margin * (mean - min)): exact on the "
                      "calibration images, statistically exact elsewhere" if calibration is not None

@@ -197,7 +197,8 @@ def _formatting(formatting: dict | None) -> str:
     return (f"{formatting.get('bn_folded', 0)} batch norms folded, {dead_text}, {formatting.get('cle_pairs', 0)} "
             f"layer pairs equalized in {formatting.get('cle_sweeps', 0)} sweeps, "
             f"{formatting.get('channel_relus', 0)} ReLU6 turned into per-channel caps, "
-            f"{formatting.get('biases_absorbed', 0)} bias channels absorbed; {exact}")
+            f"{formatting.get('relu6_headroom_pairs', 0)} pairs equalized across a ReLU6 within the calibration "
+            f"headroom, {formatting.get('biases_absorbed', 0)} bias channels absorbed; {exact}")
 
 
 def _refinement_lines(refinements: dict) -> list[str]:
