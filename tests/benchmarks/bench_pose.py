@@ -3,7 +3,7 @@
 Run by hand (not collected by pytest)::
 
     python tests/benchmarks/bench_pose.py [--threads N] [--rounds 5] [--mask-images 20] [--calibration 16]
-                                          [--num-poses 3] [--float-only] [--out DIR]
+                                          [--num-poses 3] [--float-only] [--segzoo-steps-only] [--out DIR]
 
 1. **Latency** (this host, LiteRT, float models): the pipeline on the 4 real COCO images of
    ``../shared/datasets/coco_keypoints_mmpose``, ``--rounds`` passes; median ms of every stage (letterbox,
@@ -15,7 +15,10 @@ Run by hand (not collected by pytest)::
    - ``ptq per-tensor`` / ``ptq per-channel``: the standard post-training int8 quantization (TFLite converter,
      min/max calibration) of both models imported as Keras (``segzoo.litert``), without formatting;
    - ``segzoo per-tensor``: segzoo's per-tensor formatting first (BN folding, cross-layer equalization, bias
-     absorption), then the same conversion; and each of its int8 models alone in the float pipeline.
+     absorption), then the same conversion; and each of its int8 models alone in the float pipeline;
+   - ``segzoo steps, relu6 skip|headroom``: segzoo's default post-training steps (formatting, constant channels,
+     MSE activation ranges, bias correction) with ``relu6_equalization`` skip or headroom; and their landmark
+     model alone in the float pipeline.
    Calibration: the last ``--calibration`` person photos of ``coco128_semseg`` (not those of the mask IoU),
    letterboxed for the detector and cropped by the float pipeline for the landmark model
    (``calibration_inputs``). The STM32MP257 estimate (``estimate_stm32mp2``) of each int8 model follows.
@@ -101,6 +104,24 @@ def quantize_pair(models: dict, batches: dict[str, np.ndarray], granularity: str
     return out
 
 
+def quantize_defaults(models: dict, batches: dict[str, np.ndarray], out_dir: Path, relu6: str) -> dict[str, Path]:
+    """Both models through segzoo's default per-tensor steps (formatting with ``relu6_equalization: relu6``,
+    constant channels, MSE activation ranges, bias correction), float I/O."""
+    from segzoo.quantization import bias_correction, converter, ranges
+    from segzoo.quantization.formatting import optimize_for_per_tensor
+    from segzoo.quantization.quantize import representative
+
+    out = {}
+    for role, model in models.items():
+        model, _ = optimize_for_per_tensor(model, batches[role], relu6=relu6)
+        calibrated = converter.calibrate(model, representative(batches[role]))
+        calibrated, _ = ranges.select_ranges(calibrated, batches[role], "mse")
+        calibrated, _ = bias_correction.correct_biases(calibrated, batches[role])
+        out[role] = out_dir / f"{role}_int8_per_tensor_defaults_{relu6}.tflite"
+        converter.convert_calibrated(calibrated, out[role], input_type="float", output_type="float")
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------- accuracy
 
 def accuracy(preset: PosePreset, detector: Path, landmark: Path, dataset, mask_samples, threads: int) -> dict:
@@ -134,6 +155,8 @@ def main() -> int:
     parser.add_argument("--calibration", type=int, default=16)
     parser.add_argument("--num-poses", type=int, default=3)
     parser.add_argument("--float-only", action="store_true", help="latency and the float row only")
+    parser.add_argument("--segzoo-steps-only", action="store_true",
+                        help="only the rows of segzoo's default steps (relu6 skip and headroom)")
     parser.add_argument("--out", type=Path, help="keep the quantized models here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -165,12 +188,17 @@ def main() -> int:
             print(f"\n## Calibration: {len(batches['detector'])} detector inputs, {len(batches['landmark'])} "
                   "landmark crops (COCO train person photos)")
             models = {"detector": load_float_model(detector), "landmark": load_float_model(landmark)}
-            rows["ptq per-tensor"] = quantize_pair(models, batches, "per_tensor", False, out_dir)
-            rows["ptq per-channel"] = quantize_pair(models, batches, "per_channel", False, out_dir)
-            formatted = quantize_pair(models, batches, "per_tensor", True, out_dir)
-            rows["segzoo per-tensor"] = formatted
-            rows["  int8 detector only"] = {"detector": formatted["detector"], "landmark": landmark}
-            rows["  int8 landmark only"] = {"detector": detector, "landmark": formatted["landmark"]}
+            if not args.segzoo_steps_only:
+                rows["ptq per-tensor"] = quantize_pair(models, batches, "per_tensor", False, out_dir)
+                rows["ptq per-channel"] = quantize_pair(models, batches, "per_channel", False, out_dir)
+                formatted = quantize_pair(models, batches, "per_tensor", True, out_dir)
+                rows["segzoo per-tensor"] = formatted
+                rows["  int8 detector only"] = {"detector": formatted["detector"], "landmark": landmark}
+                rows["  int8 landmark only"] = {"detector": detector, "landmark": formatted["landmark"]}
+            for relu6 in ("skip", "headroom"):
+                pair = quantize_defaults(models, batches, out_dir, relu6)
+                rows[f"segzoo steps, relu6 {relu6}"] = pair
+                rows[f"  {relu6}: int8 landmark only"] = {"detector": detector, "landmark": pair["landmark"]}
         print(f"\n## Accuracy: OKS/AP/PCK on {len(images)} COCO val images ({dataset.num_persons} persons), "
               f"mask IoU on {len(mask_samples)} COCO train person photos")
         print(f"  {'models':22s} {'mean OKS':>9s} {'AP':>7s} {'PCK@0.2':>8s} {'mask IoU':>9s}  found persons' OKS")
@@ -178,7 +206,7 @@ def main() -> int:
             r = accuracy(preset, pair["detector"], pair["landmark"], dataset, mask_samples, args.threads)
             print(f"  {name:22s} {r['oks']:9.4f} {r['ap']:7.4f} {r['pck']:8.4f} {r['mask_iou']:9.4f}  {r['found_oks']}")
         print("\n## STM32MP257 estimate of the int8 models")
-        for name in ("ptq per-tensor", "ptq per-channel", "segzoo per-tensor"):
+        for name in ("ptq per-tensor", "ptq per-channel", "segzoo per-tensor", "segzoo steps, relu6 headroom"):
             for role, path in rows.get(name, {}).items():
                 print(f"  {name:18s} {role:9s} {stm32mp2(path)}")
     return 0

@@ -4,7 +4,7 @@ Run by hand (not collected by pytest)::
 
     python tests/benchmarks/bench_pretrained_per_tensor.py camvid MODEL.keras [MODEL.keras ...]
     python tests/benchmarks/bench_pretrained_per_tensor.py deeplab257 [--bootstrap 1000] [--quantization K=V ...]
-    python tests/benchmarks/bench_pretrained_per_tensor.py timing
+    python tests/benchmarks/bench_pretrained_per_tensor.py timing [--quantization K=V ...]
 
 ``camvid``: float models fine-tuned on CamVid (``config_file_examples/chain_tqe_camvid_imagenet.yaml``) quantized
 per-tensor with each post-training step added in turn (the old defaults first, the new defaults last); per row the
@@ -19,11 +19,12 @@ evaluation ids in ``coco128_evaluation.txt``, never calibrated on) and on the 14
 of the pixels pooled over the set (one confusion matrix, as segzoo evaluates: a class predicted but absent
 from the set's ground truth counts with IoU 0), the drop against the float file with a paired bootstrap 95%
 interval over images, the mIoU over the ground-truth classes only, the mean of the per-image mIoU and its drop;
-the number of images per class; segzoo's run time (wall, process CPU, load), per-step seconds, NPU share and worst layers.
+the number of images per class; segzoo's run time (wall, process CPU, load), per-step seconds, NPU share and
+worst layers.
 
-``timing``: the default per-tensor steps on a stand-in of the 257 model until the importer lands (DeepLabV3
-MobileNetV2 alpha 0.5, output stride 8, no ASPP, 21 classes, 256x256: the registry needs a multiple of the stride),
-with 100 real COCO calibration images; wall time of each step (target: 2 minutes in all on 2 cores).
+``timing [--quantization KEY=VALUE ...]``: segzoo's quantization step on Google's float 257 file with the default
+steps and 100 COCO calibration images (every photo of ``coco128_semseg``): wall and process CPU seconds of each
+step (the report's ``timings``), with the load average (target: 2 minutes in all on 2 cores).
 """
 
 from __future__ import annotations
@@ -236,41 +237,24 @@ def bench_deeplab257(rounds: int, quantization: dict | None = None, keep: Path |
             print("\nImages per class: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts) if c))
 
 
-def bench_timing() -> None:
-    import cv2
-    import keras
+def bench_timing(quantization: dict | None = None) -> None:
+    """segzoo's quantization step on Google's float 257 file with 100 COCO calibration images (all of
+    ``coco128_semseg``'s photos; ``quantization.calibration_images`` default): wall and process CPU seconds of each
+    step from the report, and the load average."""
+    from segzoo.cli import run
 
-    from segzoo.models.registry import build_model
-    from segzoo.quantization import bias_correction, converter, mixed, ranges
-    from segzoo.quantization.formatting import optimize_for_per_tensor
-
-    files = sorted((COCO / "images" / "train2017").glob("*.jpg"))[:100]
-    images = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), (256, 256)) for f in files])
-    x = images.astype(np.float32) / 127.5 - 1
-    keras.utils.set_random_seed(0)
-    model = build_model("deeplab_v3", input_shape=(256, 256, 3), num_classes=21, alpha=0.5, aspp="none",
-                        output_stride=8)
-    times = {}
-    start = time.perf_counter()
-    formatted, _ = optimize_for_per_tensor(model, x[:16], relu6="skip")
-    times["formatting"] = time.perf_counter() - start
-    start = time.perf_counter()
-    calibrated = converter.calibrate(formatted, lambda: (x[i:i + 1] for i in range(len(x))))
-    times[f"calibration ({len(x)} images)"] = time.perf_counter() - start
-    start = time.perf_counter()
-    calibrated, _ = ranges.select_ranges(calibrated, x, "mse")
-    times["MSE ranges"] = time.perf_counter() - start
-    start = time.perf_counter()
-    calibrated, _ = bias_correction.correct_biases(calibrated, x)
-    times["bias correction"] = time.perf_counter() - start
-    start = time.perf_counter()
-    mixed.layer_errors(formatted, lambda: (x[i:i + 1] for i in range(16)), calibrated=calibrated)
-    times["per-layer errors (report)"] = time.perf_counter() - start
-    start = time.perf_counter()
-    converter.quantize_calibrated(calibrated)
-    times["int8 conversion"] = time.perf_counter() - start
-    print(" | ".join(f"{name} {seconds:.1f} s" for name, seconds in times.items())
-          + f" | total {sum(times.values()):.1f} s")
+    cfg = deeplab257_config(quantization)
+    cfg["dataset"]["quantization_files_path"] = None
+    with tempfile.TemporaryDirectory() as tmp:
+        run(cfg, run_dir=Path(tmp) / "q")
+        report = json.loads((Path(tmp) / "q" / "quantization_report.json").read_text())
+    timings = report["timings"]
+    print(f"calibration images: {report['calibration'].get('images')}; quantization step {timings['wall_s']:.1f} s "
+          f"wall, {timings['cpu_s']:.1f} s process CPU on {timings['cpus']} cores; load average "
+          f"{timings['load_average_start']} -> {timings['load_average_end']}")
+    print("| step | wall s | process CPU s |\n|---|---:|---:|")
+    for name, entry in timings["steps"].items():
+        print(f"| {name} | {entry['wall_s']:.1f} | {entry['cpu_s']:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,12 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     deeplab.add_argument("--quantization", nargs="*", default=[], metavar="KEY=VALUE",
                          help="quantization keys for segzoo's row instead of the defaults (YAML values)")
     deeplab.add_argument("--keep", type=Path, help="keep segzoo's quantization run folder here")
-    sub.add_parser("timing")
+    timing = sub.add_parser("timing")
+    timing.add_argument("--quantization", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     if args.what == "camvid":
         bench_camvid(args.models)
     elif args.what == "timing":
-        bench_timing()
+        bench_timing({k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.quantization)})
     else:
         bench_deeplab257(args.bootstrap, {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in
                                                                             args.quantization)}, args.keep)
