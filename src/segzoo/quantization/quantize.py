@@ -308,7 +308,7 @@ def network_section(name: str, result: QuantizationResult, worst: int = 10) -> d
             "float_layers": result.float_layers, "stm32mp2_estimate": estimate,
             "worst_layers": [{**row, "network": name} for row in result.layer_errors[:worst]],
             "layer_error_samples": min(LAYER_ERROR_IMAGES, int(result.calibration.get("images") or 0)),
-            "layer_errors_skipped": None, "seconds": round(result.seconds, 1)}
+            "layer_errors_skipped": None, "seconds": round(result.seconds, 1), "timings": result.timings}
 
 
 def combine_inspections(inspections: dict[str, dict]) -> dict:
