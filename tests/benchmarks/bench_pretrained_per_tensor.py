@@ -53,12 +53,14 @@ VOC = SHARED / "datasets" / "voc2012_samples"
 
 CAMVID_ROWS: list[tuple[str, dict]] = [
     ("old defaults (BN fold, CLE, absorption; min/max)", {"dead_channels": "off", "activation_ranges": "minmax",
-                                                          "bias_correction": False}),
+                                                          "bias_correction": False, "relu6_equalization": "skip"}),
     ("+ constant channels (exact only)", {"dead_channels": "exact", "activation_ranges": "minmax",
-                                          "bias_correction": False}),
-    ("+ constant channels (calibration)", {"activation_ranges": "minmax", "bias_correction": False}),
-    ("+ MSE activation ranges", {"bias_correction": False}),
-    ("+ bias correction (new defaults)", {}),
+                                          "bias_correction": False, "relu6_equalization": "skip"}),
+    ("+ constant channels (calibration)", {"activation_ranges": "minmax", "bias_correction": False,
+                                           "relu6_equalization": "skip"}),
+    ("+ MSE activation ranges", {"bias_correction": False, "relu6_equalization": "skip"}),
+    ("+ bias correction (defaults before headroom)", {"relu6_equalization": "skip"}),
+    ("+ relu6_equalization: headroom (defaults)", {"relu6_equalization": "headroom"}),
     ("defaults, percentile 99.99 ranges", {"activation_ranges": "percentile"}),
     ("defaults + AdaRound (100 iterations)", {"adaround": True, "adaround_iterations": 100}),
 ]
@@ -79,7 +81,7 @@ def camvid_config(model: Path, run_dir: Path, quantization: dict) -> dict:
     return cfg
 
 
-def bench_camvid(models: list[Path]) -> None:
+def bench_camvid(models: list[Path], only: list[str] | None = None) -> None:
     from segzoo.cli import run
 
     for model in models:
@@ -87,6 +89,8 @@ def bench_camvid(models: list[Path]) -> None:
         print("| variant | float mIoU | int8 mIoU | drop | NPU % | quantization s | worst layers (RMSE / step) |")
         print("|---|---:|---:|---:|---:|---:|---|")
         for label, quantization in CAMVID_ROWS:
+            if only and not any(word in label for word in only):
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 run(camvid_config(model, Path(tmp), quantization), run_dir=Path(tmp) / "q")
                 report = json.loads((Path(tmp) / "q" / "quantization_report.json").read_text())
@@ -262,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     camvid = sub.add_parser("camvid")
     camvid.add_argument("models", nargs="+", type=Path)
+    camvid.add_argument("--only", nargs="*", help="only the rows whose label contains one of these words")
     deeplab = sub.add_parser("deeplab257")
     deeplab.add_argument("--bootstrap", type=int, default=1000)
     deeplab.add_argument("--quantization", nargs="*", default=[], metavar="KEY=VALUE",
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     timing.add_argument("--quantization", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     if args.what == "camvid":
-        bench_camvid(args.models)
+        bench_camvid(args.models, args.only)
     elif args.what == "timing":
         bench_timing({k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.quantization)})
     else:
