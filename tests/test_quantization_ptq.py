@@ -449,8 +449,8 @@ def test_post_training_keys_have_defaults_and_checked_values() -> None:
 
     data = yaml.safe_load((REPO / "user_config.yaml").read_text())
     q = load_config(data).quantization
-    assert (q.dead_channels, q.activation_ranges, q.bias_correction, q.adaround, q.quantization_type) == \
-        ("calibration", "mse", True, False, "ptq")
+    assert (q.dead_channels, q.activation_ranges, q.bias_correction, q.adaround, q.quantization_type,
+            q.relu6_equalization) == ("calibration", "mse", True, False, "ptq", "headroom")
     data["quantization"] = {"activation_ranges": "kl", "activation_percentile": 20, "adaround_iterations": 0,
                             "dead_channels": "maybe", "qat": {"epochs": 0, "learning_rate": -1}}
     with pytest.raises(ConfigError) as info:

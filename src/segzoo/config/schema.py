@@ -208,7 +208,7 @@ class QuantizationConfig:
     calibration_images: int = 100
     calibration_data: Literal["dataset", "random"] = "dataset"
     optimize: bool = True
-    relu6_equalization: Literal["skip", "clip", "headroom"] = "skip"
+    relu6_equalization: Literal["skip", "clip", "headroom"] = "headroom"
     dead_channels: Literal["off", "exact", "calibration"] = "calibration"
     activation_ranges: Literal["minmax", "percentile", "mse"] = "mse"
     activation_percentile: float = 99.99
