@@ -185,7 +185,8 @@ def kill_and_rerun(scenario: Scenario, folder: Path, reference_dir: Path, tag: s
     _, killed = run(config, run_dir, kill_at=kill_at, kill_after_s=kill_after_s, kill_when=kill_when)
     after_kill = run_dir_problems(run_dir) + bundle_problems(run_dir) if run_dir.exists() else []
     out_dir, overrides = run_dir, ()
-    resumed = scenario.resume_key is not None and (run_dir / "saved_models" / "training_state.json").is_file()
+    resumed = (killed and scenario.resume_key is not None
+               and (run_dir / "saved_models" / "training_state.json").is_file())
     if resumed:
         out_dir = run_dir.with_name(f"{run_dir.name}_resumed")
         overrides = (f"++{scenario.resume_key}={run_dir}",)
