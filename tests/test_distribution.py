@@ -185,3 +185,17 @@ def test_a_worker_that_never_comes_is_a_clear_error_within_a_minute(tmp_path, da
     stamps = [datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f") for line in log.splitlines()
               if line.startswith("[20") and ("Joining the training cluster" in line or "ERROR" in line)]
     assert len(stamps) == 2 and (stamps[1] - stamps[0]).total_seconds() < 60, log
+
+
+def test_xla_over_several_cpu_replicas_is_a_clear_error_and_one_replica_or_gpus_pass():
+    from types import SimpleNamespace
+
+    from segzoo.errors import ConfigError
+    from segzoo.training.distribution import check_jit_compile
+
+    two_cpu = SimpleNamespace(num_replicas=2, name="mirrored")
+    with pytest.raises(ConfigError, match=r"training.jit_compile: true cannot train 2 replicas on CPU devices"):
+        check_jit_compile(two_cpu, True, gpus=[])
+    check_jit_compile(two_cpu, False, gpus=[])
+    check_jit_compile(two_cpu, True, gpus=["/device:GPU:0", "/device:GPU:1"])
+    check_jit_compile(SimpleNamespace(num_replicas=1, name="one_device"), True, gpus=[])

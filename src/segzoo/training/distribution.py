@@ -82,6 +82,16 @@ def _gpus() -> list[str]:
     return [device.name for device in tf.config.list_logical_devices("GPU")]
 
 
+def check_jit_compile(dist: Distribution, jit_compile: bool, gpus: Sequence[str] | None = None) -> None:
+    """Refuse XLA over several CPU replicas before training: TensorFlow's XLA has no CPU cross-replica collectives
+    (the step fails with InvalidArgumentError), so say what to change instead."""
+    gpus = _gpus() if gpus is None else gpus
+    if jit_compile and dist.num_replicas > 1 and not gpus:
+        raise ConfigError(f"training.jit_compile: true cannot train {dist.num_replicas} replicas on CPU devices "
+                          f"({dist.name} strategy): TensorFlow's XLA has no cross-replica collectives on CPU. "
+                          "Set training.jit_compile=false, or use one device or GPUs")
+
+
 def _device_key(name: str) -> tuple[str, int]:
     spec = tf.DeviceSpec.from_string(name)
     return (spec.device_type or "").upper(), int(spec.device_index or 0)

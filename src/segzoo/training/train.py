@@ -32,8 +32,8 @@ from segzoo.training.backup import BACKUP_DIR, Backup
 from segzoo.training.build import class_weights_for, exporter_for, target_functions
 from segzoo.training.callbacks import Checkpoints, MlflowMetrics
 from segzoo.training.cluster import cluster_role
-from segzoo.training.distribution import (PEER_ERRORS, Distribution, lost_peer_error, make_distribution,
-                                          scaled_learning_rate)
+from segzoo.training.distribution import (PEER_ERRORS, Distribution, check_jit_compile, lost_peer_error,
+                                          make_distribution, scaled_learning_rate)
 from segzoo.training.loop import LoopData, TrainingLoop
 from segzoo.training.losses import IgnoreAwareCrossEntropy
 from segzoo.training.plots import plot_training_curves
@@ -146,6 +146,7 @@ def run_training(cfg: Config, spec: DataSpec, run_dir: Path, tracker,
     ``skipped``."""
     tr = cfg.training
     dist = make_distribution(tr.distribution)  # first: a multi-worker cluster must form before other TF work
+    check_jit_compile(dist, tr.jit_compile)
     keras.utils.set_random_seed(spec.seed)
     train, val = _checked_samples(spec, skipped)
     monitor = tr.monitor if val else tr.monitor.removeprefix("val_")
