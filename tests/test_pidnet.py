@@ -633,7 +633,7 @@ def _camvid_pidnet_config(tmp_path: Path) -> dict:
     return cfg
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_camvid_pidnet_config_trains_quantizes_evaluates_benchmarks_and_deploys(tmp_path, sshd_server):
     """The CamVid PIDNet config end to end (chain_tqeb, then deployment of its int8 file to an SSH board): the four
     losses logged and summed with their weights, the checkpoint keeps the training heads, the exported and the int8

@@ -12,6 +12,7 @@ import yaml
 
 from conftest import REPO, shared_path
 from reference import pp_mobileseg_numpy as ref
+from sshd import sshd_server  # noqa: F401  (fixture)
 from segzoo.errors import DataError, ModelError
 from segzoo.models.pp_mobileseg.params import PPMobileSegParams
 from segzoo.models.pp_mobileseg.presets import ARCHITECTURES, PUBLISHED
@@ -440,3 +441,62 @@ def test_ade20k_class_list_rejects_another_file(tmp_path) -> None:
     bad.write_text("Idx,Name\n" + "".join(f"{i},thing{i}\n" for i in range(1, 151)))
     with pytest.raises(DataError, match="Idx=1"):
         read_class_names(bad)
+
+
+@pytest.mark.heavy
+def test_camvid_npu_friendly_config_trains_quantizes_and_deploys_to_a_board(tmp_path, sshd_server):
+    """``chain_tqe_camvid_pp_mobileseg.yaml`` with the NPU-friendly options, shrunk (8 real CamVid training and 3
+    validation images, 64x64, 2 short epochs): the int8 per-tensor file keeps the 1/16 logits and is NPU-ready; it
+    deploys to an SSH board whose application's labels at CamVid's 480x360 equal the argmax of segzoo's restored
+    scores from the same file."""
+    from pathlib import Path
+
+    from segzoo.cli import run
+    from segzoo.data.loader import read_image
+    from segzoo.data.masks import read_mask
+    from segzoo.preprocess import Preprocessing, restore_logits, to_model_input
+    from segzoo.runners import load_runner
+
+    camvid = shared_path("datasets", "camvid", "CamVid")
+    cfg = yaml.safe_load((REPO / "config_file_examples" / "chain_tqe_camvid_pp_mobileseg.yaml").read_text())
+    for split, folder, count in (("training", "train", 8), ("validation", "val", 3)):
+        names = (camvid / ("train_subset.txt" if split == "training" else "val.txt")).read_text().splitlines()
+        (tmp_path / f"{split}.txt").write_text("\n".join(names[:count]) + "\n")
+        cfg["dataset"].update({f"{split}_path": str(camvid / folder),
+                               f"{split}_masks_path": str(camvid / f"{folder}annot"),
+                               f"{split}_files_path": str(tmp_path / f"{split}.txt")})
+    cfg["training"]["model"].update(input_shape=[64, 64, 3], activation="relu", padding="same")
+    cfg["training"].update(epochs=2, steps_per_epoch=2, batch_size=4, tensorboard=False)
+    cfg["quantization"]["calibration_images"] = 4
+    cfg["mlflow"] = {"enabled": False}
+    cfg["operation_mode"] = "chain_tqe"
+    results = run(cfg, run_dir=tmp_path / "run")
+    assert results["quantization"]["npu_ready"] and results["quantization"]["granularity"] == "per_tensor"
+    int8 = sorted((tmp_path / "run" / "quantized_models").glob("*.tflite"))
+    assert len(int8) == 1
+
+    first = (tmp_path / "validation.txt").read_text().split()[0]
+    image = Path(cfg["dataset"]["validation_path"]) / Path(first).name
+    board_dir = tmp_path / "board images"
+    board_dir.mkdir()
+    (board_dir / image.name).write_bytes(image.read_bytes())
+    deploy_path = str(sshd_server.board_root / "pp mobileseg")
+    cfg["operation_mode"] = "deployment"
+    cfg["general"]["model_path"] = str(int8[0])
+    cfg["deployment"] = {
+        "hardware_setup": {"ip_address": sshd_server.host, "port": sshd_server.port, "user": sshd_server.user,
+                           "identity_file": str(sshd_server.identity_file),
+                           "known_hosts": str(sshd_server.known_hosts)},
+        "board_deploy_path": deploy_path, "launch": True, "launch_input": str(board_dir),
+        "python": sshd_server.python}
+    summary = run(cfg, run_dir=tmp_path / "deploy")["deployment"]
+    assert summary["verified"] is True and summary["launched"] is True
+    board_labels = read_mask(Path(deploy_path + "_results") / f"{image.stem}_mask.png")
+    rgb = read_image(image)
+    assert board_labels.shape == rgb.shape[:2] == (360, 480)
+    runner = load_runner(int8[0])
+    pp = Preprocessing(**cfg["preprocessing"]["resizing"], color_mode=cfg["preprocessing"]["color_mode"])
+    x, placement = to_model_input(rgb, runner.input_hw, pp)
+    output = runner.predict(x[None])[0]
+    assert output.shape == (4, 4, 11)
+    np.testing.assert_array_equal(board_labels, np.argmax(restore_logits(output, placement), axis=-1))
