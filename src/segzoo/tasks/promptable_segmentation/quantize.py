@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 LAYER_ERROR_SAMPLES = {"encoder": 2, "decoder": 8}
 """Samples used to measure per-layer errors (enough to rank layers; the encoder's debug model is slow at 1024)."""
+REFINE_SAMPLES = 16
+"""Calibration images the encoder's post-training steps (activation ranges, AdaRound, bias correction) run on."""
 LAYER_ERROR_BUDGET = 1 << 30
 """Bytes the per-layer error measurement may hold: its debug model keeps every tensor, in float, int8 and as an
 error (about 3x the float model's tensors). The encoder at 1024 holds global-attention maps of 4096 x 4096 per
@@ -81,6 +83,14 @@ def _network(cfg: Config, name: str, model: Any, samples: Any, out_path: Path, f
     start = time.perf_counter()
     model, formatting = _formatted(cfg, name, model, calibration)
     calibrated = calibrate(model, samples)
+    refinements = {}
+    if name == "encoder":  # one image input: the post-training steps of single-input models apply
+        import numpy as np
+
+        from segzoo.quantization.quantize import refine_calibrated
+
+        images = np.concatenate([s["image"] for s in calibration.encoder(REFINE_SAMPLES)])
+        calibrated, refinements = refine_calibrated(cfg, calibrated, images)
     scopes = DECODER_FLOAT_SCOPES if name == "decoder" else ()
     inspection = export_calibrated(calibrated, out_path, float_scopes=scopes)
     limit = LAYER_ERROR_SAMPLES[name]
@@ -96,7 +106,7 @@ def _network(cfg: Config, name: str, model: Any, samples: Any, out_path: Path, f
     result = QuantizationResult(
         path=out_path, float_model=float_path, granularity="per_tensor", input_type="float", output_type="float",
         float_layers=[], calibration={**calibration.info, "network": name}, formatting=formatting,
-        layer_errors=errors, inspection=inspection, seconds=time.perf_counter() - start)
+        layer_errors=errors, inspection=inspection, seconds=time.perf_counter() - start, refinements=refinements)
     return result, skipped
 
 
@@ -143,13 +153,14 @@ def quantize_pair(cfg: Config, pair: ModelPair, models: dict[str, Any], calibrat
 
 
 def _unapplied_steps(cfg: Config) -> list[str]:
-    """The configured post-training steps that work on single-input flatbuffers and so do not run here."""
+    """The configured post-training steps that work on single-input flatbuffers and so do not run on the decoder
+    (image embeddings, point coordinates and labels in); the encoder gets them."""
     q = cfg.quantization
     steps = [key for key, on in ((f"activation_ranges ({q.activation_ranges})", q.activation_ranges != "minmax"),
                                  ("adaround", q.adaround), ("bias_correction", q.bias_correction)) if on]
     if not steps:
         return []
-    message = (f"{', '.join('quantization.' + key for key in steps)}: not applied to the SAM2 networks (these steps "
-               f"work on single-input models); both networks are calibrated with min/max ranges")
+    message = (f"{', '.join('quantization.' + key for key in steps)}: applied to the SAM2 encoder, not to the "
+               f"decoder (these steps work on single-input models); the decoder is calibrated with min/max ranges")
     log.warning(message)
     return [message]
