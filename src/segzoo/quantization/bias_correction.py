@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from segzoo.quantization.feeds import as_samples, feeds
 from segzoo.quantization.flatbuffer import FUSED_BOUNDS, FlatModel
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ def channel_bias(calibrated: bytes, images: np.ndarray, granularity: str = "per_
     producers = flat.producers()
     names = flat.tensor_index()
     interpreter = float_interpreter(_debug_model(calibrated, granularity))
-    model_input = interpreter.get_input_details()[0]
     targets = []
     for quant, ref in _verify_pairs(interpreter):
         op = producers.get(names.get(ref["name"], -1))
@@ -79,8 +79,9 @@ def channel_bias(calibrated: bytes, images: np.ndarray, granularity: str = "per_
         targets.append((ref["name"], quant["index"], ref["index"], scale, zero, low, high))
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
-    for image in np.asarray(images, np.float32):
-        interpreter.set_tensor(model_input["index"], image[None])
+    for feed in feeds(interpreter, as_samples(images)):
+        for index, value in feed:
+            interpreter.set_tensor(index, value)
         interpreter.invoke()
         for name, qi, ri, scale, zero, low, high in targets:
             ref = interpreter.get_tensor(ri).astype(np.float64)
@@ -106,7 +107,7 @@ def correct_biases(calibrated: bytes, images: np.ndarray, granularity: str = "pe
     over all corrected channels, in units of the output's int8 step), ``largest`` (up to 10 ops with the largest
     mean |shift| in output steps).
     """
-    images = np.asarray(images, np.float32)[:BIAS_IMAGES]
+    images = as_samples(images)[:BIAS_IMAGES]
     report: dict[str, Any] = {"ops": 0, "rounds": rounds, "images": int(len(images)), "mean_abs_shift": [],
                               "largest": []}
     original = FlatModel(calibrated)

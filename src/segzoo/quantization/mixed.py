@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segzoo.errors import ModelError
+from segzoo.quantization.feeds import feeds
 from segzoo.quantization.converter import GRANULARITIES, Representative, calibrate, tensor_layers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,26 +84,6 @@ def _producers(interpreter: object) -> dict[int, str]:
     return {int(i): op["op_name"] for op in interpreter._get_ops_details() for i in op["outputs"]}  # noqa: SLF001
 
 
-def _feeds(interpreter: object, representative: Representative) -> Iterator[list[tuple[int, np.ndarray]]]:
-    """``[(input tensor index, batch-1 value), ...]`` per sample: a sample is an image batch for the single input,
-    or a dict of named inputs (the signature's names, as in ``serving_default_<name>:0``) for several."""
-    details = interpreter.get_input_details()
-    for sample in representative():
-        if isinstance(sample, Mapping):
-            by_name = {d["name"]: d for d in details}
-            feed = []
-            for name, value in sample.items():
-                detail = by_name.get(f"serving_default_{name}:0") or by_name.get(name)
-                if detail is None:
-                    raise ModelError(f"layer_errors: the model has no input named {name!r} "
-                                     f"(inputs: {', '.join(by_name)})")
-                feed.append((detail["index"], np.asarray(value, np.float32).reshape(detail["shape"])))
-            yield feed
-            continue
-        for image in np.asarray(sample, np.float32).reshape(-1, *details[0]["shape"][1:]):
-            yield [(details[0]["index"], image[None])]
-
-
 def _run_debug_model(debug_model: bytes, representative: Representative) -> tuple[list[dict], list[_Stats]]:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -117,7 +98,7 @@ def _run_debug_model(debug_model: bytes, representative: Representative) -> tupl
         raise ModelError("layer_errors: the debug model has no NumericVerify op (nothing was quantized).")
     stats = [_Stats() for _ in verify]
     images = 0
-    for feed in _feeds(interpreter, representative):
+    for feed in feeds(interpreter, representative()):
         for index, value in feed:
             interpreter.set_tensor(index, value)
         interpreter.invoke()

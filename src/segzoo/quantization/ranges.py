@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from segzoo.errors import ModelError
+from segzoo.quantization.feeds import as_samples, feeds
 from segzoo.quantization.flatbuffer import FlatModel
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,14 @@ def float_interpreter(content: bytes) -> Any:
 
 def activation_samples(calibrated: bytes, images: np.ndarray, tensors: list[int], seed: int = 0,
                        per_image: int = SAMPLES_PER_IMAGE) -> dict[int, np.ndarray]:
-    """A seeded sample of each listed tensor's float values over ``images`` (float32 ``[N,H,W,C]``)."""
+    """A seeded sample of each listed tensor's float values over ``images`` (float32 ``[N,H,W,C]``, or dicts of
+    named inputs for a model with several: :mod:`segzoo.quantization.feeds`)."""
     interpreter = float_interpreter(calibrated)
-    model_input = interpreter.get_input_details()[0]
     rng = np.random.default_rng(seed)
     parts: dict[int, list[np.ndarray]] = {t: [] for t in tensors}
-    for image in np.asarray(images, np.float32):
-        interpreter.set_tensor(model_input["index"], image[None])
+    for feed in feeds(interpreter, as_samples(images)):
+        for index, value in feed:
+            interpreter.set_tensor(index, value)
         interpreter.invoke()
         for t in tensors:
             flat = interpreter.get_tensor(t).reshape(-1)

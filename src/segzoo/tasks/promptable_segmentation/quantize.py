@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 LAYER_ERROR_SAMPLES = {"encoder": 2, "decoder": 8}
 """Samples used to measure per-layer errors (enough to rank layers; the encoder's debug model is slow at 1024)."""
 REFINE_SAMPLES = 16
-"""Calibration images the encoder's post-training steps (activation ranges, AdaRound, bias correction) run on."""
+"""Calibration samples the post-training steps (activation ranges, AdaRound, bias correction) run on."""
 LAYER_ERROR_BUDGET = 1 << 30
 """Bytes the per-layer error measurement may hold: its debug model keeps every tensor, in float, int8 and as an
 error (about 3x the float model's tensors). The encoder at 1024 holds global-attention maps of 4096 x 4096 per
@@ -72,6 +72,25 @@ def _formatted(cfg: Config, name: str, model: Any, calibration: Calibration) -> 
     return _restore_outputs(model, optimized), report
 
 
+def _refined(cfg: Config, name: str, calibrated: bytes, calibration: Calibration) -> tuple[bytes, dict]:
+    """The post-training steps (activation ranges, AdaRound, bias correction) on one calibrated network, fed with
+    ``REFINE_SAMPLES`` of its calibration samples (images for the encoder, named inputs for the decoder). AdaRound
+    rounds convolutions fed by images and is left to the encoder."""
+    from dataclasses import replace
+
+    from segzoo.quantization.quantize import refine_calibrated
+
+    samples = list(getattr(calibration, name)(REFINE_SAMPLES))
+    if name == "encoder":
+        import numpy as np
+
+        return refine_calibrated(cfg, calibrated, np.concatenate([s["image"] for s in samples]))
+    q = cfg.quantization
+    if q.adaround:
+        log.warning("quantization.adaround: applied to the encoder only (the decoder's inputs are not images)")
+    return refine_calibrated(replace(cfg, quantization=replace(q, adaround=False)), calibrated, samples)
+
+
 def _network(cfg: Config, name: str, model: Any, samples: Any, out_path: Path, float_path: Path,
              calibration: Calibration) -> tuple[QuantizationResult, str | None]:
     """Quantize one network (see the module docstring): its result, and why its per-layer errors were not
@@ -83,14 +102,7 @@ def _network(cfg: Config, name: str, model: Any, samples: Any, out_path: Path, f
     start = time.perf_counter()
     model, formatting = _formatted(cfg, name, model, calibration)
     calibrated = calibrate(model, samples)
-    refinements = {}
-    if name == "encoder":  # one image input: the post-training steps of single-input models apply
-        import numpy as np
-
-        from segzoo.quantization.quantize import refine_calibrated
-
-        images = np.concatenate([s["image"] for s in calibration.encoder(REFINE_SAMPLES)])
-        calibrated, refinements = refine_calibrated(cfg, calibrated, images)
+    calibrated, refinements = _refined(cfg, name, calibrated, calibration)
     scopes = DECODER_FLOAT_SCOPES if name == "decoder" else ()
     inspection = export_calibrated(calibrated, out_path, float_scopes=scopes)
     limit = LAYER_ERROR_SAMPLES[name]
@@ -153,14 +165,7 @@ def quantize_pair(cfg: Config, pair: ModelPair, models: dict[str, Any], calibrat
 
 
 def _unapplied_steps(cfg: Config) -> list[str]:
-    """The configured post-training steps that work on single-input flatbuffers and so do not run on the decoder
-    (image embeddings, point coordinates and labels in); the encoder gets them."""
-    q = cfg.quantization
-    steps = [key for key, on in ((f"activation_ranges ({q.activation_ranges})", q.activation_ranges != "minmax"),
-                                 ("adaround", q.adaround), ("bias_correction", q.bias_correction)) if on]
-    if not steps:
+    """The configured post-training steps that do not run on both networks: AdaRound runs on the encoder only."""
+    if not cfg.quantization.adaround:
         return []
-    message = (f"{', '.join('quantization.' + key for key in steps)}: applied to the SAM2 encoder, not to the "
-               f"decoder (these steps work on single-input models); the decoder is calibrated with min/max ranges")
-    log.warning(message)
-    return [message]
+    return ["quantization.adaround: applied to the SAM2 encoder only (the decoder's inputs are not images)"]
