@@ -22,13 +22,14 @@ SLOW_TASKS = {"promptable_segmentation"}
 
 
 def _cases() -> list:
-    """Every family's first preset in the default run; its other presets are ``slow`` (the same code path, larger
-    graphs), so the default test run stays fast as families are added. Families of :data:`SLOW_TASKS` are slow."""
+    """Every family's first preset in the default run; its other presets are ``heavy`` (the same code path, larger
+    graphs; run by ``.ci/run`` after the quick suite), so the README's test command stays fast as families are
+    added. Families of :data:`SLOW_TASKS` are heavy (their own test files cover them in the quick suite)."""
     cases = []
     for name in family_names():
         slow_family = get_family(name).task in SLOW_TASKS
         for i, preset in enumerate(get_family(name).presets):
-            marks = (pytest.mark.slow,) if i > 0 or slow_family else ()
+            marks = (pytest.mark.heavy,) if i > 0 or slow_family else ()
             cases.append(pytest.param(name, preset, marks=marks, id=f"{name}-{preset}"))
     return cases
 
