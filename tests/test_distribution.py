@@ -136,7 +136,7 @@ def test_training_stream_resumes_where_it_stopped_and_shards_disjoint(dataset_ro
     assert sharded_options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.OFF
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_mirrored_over_two_cpu_devices_matches_one_device(tmp_path, dataset_root):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(CHECKS), str(tmp_path), str(dataset_root)], capture_output=True,
@@ -165,7 +165,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_worker_that_never_comes_is_a_clear_error_within_a_minute(tmp_path, dataset_root):
     ports = [_free_port(), _free_port()]
     tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": 0}}

@@ -56,7 +56,7 @@ def test_float16_training_scales_its_loss():
                           keras.optimizers.LossScaleOptimizer)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_bfloat16_training_exports_float32_and_quantizes(tmp_path, dataset_root):
     import keras
 
