@@ -48,6 +48,13 @@ class SshdServer:
                              known_hosts=str(self.known_hosts), connect_timeout=5.0)
         return replace(target, **overrides)
 
+    def deployment(self, deploy_path: str, launch_input: str) -> dict:
+        """The ``deployment`` config section that deploys to this server and launches on ``launch_input``."""
+        return {"hardware_setup": {"ip_address": self.host, "port": self.port, "user": self.user,
+                                   "identity_file": str(self.identity_file), "known_hosts": str(self.known_hosts)},
+                "board_deploy_path": deploy_path, "launch": True, "launch_input": launch_input,
+                "python": self.python}
+
     def session_pids(self) -> list[int]:
         """The sshd processes serving open connections (descendants of the listener)."""
         children: dict[int, list[int]] = {}

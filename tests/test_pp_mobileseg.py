@@ -483,12 +483,7 @@ def test_camvid_npu_friendly_config_trains_quantizes_and_deploys_to_a_board(tmp_
     deploy_path = str(sshd_server.board_root / "pp mobileseg")
     cfg["operation_mode"] = "deployment"
     cfg["general"]["model_path"] = str(int8[0])
-    cfg["deployment"] = {
-        "hardware_setup": {"ip_address": sshd_server.host, "port": sshd_server.port, "user": sshd_server.user,
-                           "identity_file": str(sshd_server.identity_file),
-                           "known_hosts": str(sshd_server.known_hosts)},
-        "board_deploy_path": deploy_path, "launch": True, "launch_input": str(board_dir),
-        "python": sshd_server.python}
+    cfg["deployment"] = sshd_server.deployment(deploy_path, str(board_dir))
     summary = run(cfg, run_dir=tmp_path / "deploy")["deployment"]
     assert summary["verified"] is True and summary["launched"] is True
     board_labels = read_mask(Path(deploy_path + "_results") / f"{image.stem}_mask.png")
