@@ -3,8 +3,8 @@
 ``mediapipe_pose_full`` is MediaPipe Pose (BlazePose GHUM full): the detector takes the image letterboxed to
 224x224 in [-1, 1] (zero border, i.e. -1), the landmark model a 256x256 rotated crop in [0, 1] (replicated
 border). Thresholds are MediaPipe's defaults (``pose_detection_cpu.pbtxt``, ``pose_landmarker_graph.cc``):
-detection score 0.5, weighted NMS at IoU 0.3 (the graph's value; the Tasks API leaves its option at 0.5),
-ROI scale 1.25, pose presence 0.5, tracking IoU 0.5, heatmap refinement with a 7x7 window. ``sources`` says
+detection score 0.5 (``min_detection_confidence`` of the solution and Tasks APIs), weighted NMS at IoU 0.3 (the
+graph's value; the Tasks API leaves its option at 0.5), ROI scale 1.25, pose presence 0.5, tracking IoU 0.5, heatmap refinement with a 7x7 window. ``sources`` says
 where each file is published (MediaPipe's model assets, the versions pinned by MediaPipe's ``external_files.bzl``)
 and its sha256, for :func:`segzoo.models.weights_store.locate_weights`.
 """
