@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,25 @@ def test_pose_config_checks(tmp_path):
     # no general.model_path: the files are found (or downloaded), not required
     located = pose_config(tmp_path, "deployment", general={"model_path": None})
     assert load_config(located).general.model_path is None
+
+
+def test_qat_is_a_config_error_before_tensorflow_loads(tmp_path):
+    """A float .tflite pipeline has no training: ``quantization_type: qat`` is refused at validation, with the key
+    and the allowed values, and nothing has imported TensorFlow by then."""
+    data = pose_config(tmp_path, "chain_eqe", quantization={"quantization_type": "qat"})
+    code = ("import json, sys; from segzoo.config import load_config; from segzoo.errors import ConfigError\n"
+            "try:\n    load_config(json.loads(sys.argv[1]))\nexcept ConfigError as exc:\n    print(exc)\n"
+            "else:\n    raise SystemExit('no ConfigError')\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'tensorflow imported'")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(data)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("quantization.quantization_type: the pose_estimation task quantizes published float .tflite files, "
+            "which have no training to fine-tune (no qat); allowed values: ptq, got 'qat'") in done.stdout
+    data["quantization"]["quantization_type"] = "ptq"
+    assert load_config(data).quantization.quantization_type == "ptq"
+    evaluation = pose_config(tmp_path, "evaluation", quantization={"quantization_type": "qat"})
+    assert load_config(evaluation).operation_mode == "evaluation"  # only a run that quantizes is concerned
 
 
 @pytest.mark.parametrize("name", ["evaluation_mediapipe_pose", "chain_eqe_mediapipe_pose", "deployment_mediapipe_pose"])

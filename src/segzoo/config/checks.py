@@ -276,6 +276,31 @@ SEGMENTATION_REQUIREMENTS = MappingProxyType({
 """Semantic segmentation: step -> the checks of what it needs."""
 
 
+# ------------------------------------------------------------------------------------------ per-task key choices
+TASK_CHOICES = MappingProxyType({
+    "pose_estimation": MappingProxyType({
+        "quantization.quantization_type": (("ptq",), "quantizes published float .tflite files, which have no "
+                                                     "training to fine-tune (no qat)"),
+    }),
+    "promptable_segmentation": MappingProxyType({
+        "quantization.quantization_type": (("ptq",), "is never trained"),
+        "quantization.granularity": (("per_tensor",), "quantizes per_tensor only (the STM32MP2 NPU)"),
+    }),
+})
+"""Task -> key -> (the values the task accepts, why), checked when the run quantizes."""
+
+
+def _needs_task_choices(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """Keys whose value the run's task restricts (:data:`TASK_CHOICES`): the key, the allowed values, the value."""
+    task = task_name(cfg)
+    errors = []
+    for key, (allowed, why) in TASK_CHOICES.get(task, {}).items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            errors.append(f"{key}: the {task} task {why}; allowed values: {', '.join(allowed)}, got {value!r}")
+    return errors
+
+
 # ----------------------------------------------------------------------------------------------- pose estimation
 def _pipeline_of(cfg: Config) -> object | None:
     """The ``general.pipeline`` preset, or None when not set or unknown (``_check_pipeline`` reports that)."""
@@ -361,7 +386,8 @@ def _needs_network_float_layers(cfg: Config, mode: str, steps: tuple[str, ...]) 
 POSE_REQUIREMENTS = MappingProxyType({
     "evaluate": (_needs_pipeline, _needs_keypoint_annotations),
     "quantization_report": (_needs_pipeline, _needs_keypoint_annotations),
-    "quantize": (_needs_pipeline, _needs_float_pipeline, _needs_person_photos, _needs_network_float_layers),
+    "quantize": (_needs_pipeline, _needs_float_pipeline, _needs_person_photos, _needs_network_float_layers,
+                 _needs_task_choices),
     "predict": (_needs_pipeline, _needs_prediction_inputs),
     "benchmark": (_needs_pipeline, _needs_benchmark_targets),
     "deploy": (_needs_pipeline, _needs_board_setup),
@@ -433,12 +459,6 @@ def _needs_instance_calibration(cfg: Config, mode: str, steps: tuple[str, ...]) 
     if q.mixed_precision.auto or q.mixed_precision.float_layers:
         errors.append("quantization.mixed_precision: not available for the promptable_segmentation task (its two "
                       "networks are quantized all-int8; the decoder's point encoding stays float by itself)")
-    if q.granularity != "per_tensor":
-        errors.append(f"quantization.granularity: the promptable_segmentation task quantizes per_tensor only (the "
-                      f"STM32MP2 NPU), got {q.granularity}")
-    if q.quantization_type != "ptq":
-        errors.append(f"quantization.quantization_type: the promptable_segmentation task is never trained; use ptq, "
-                      f"got {q.quantization_type}")
     return errors
 
 
@@ -453,7 +473,7 @@ def _needs_prompts(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
 PROMPTABLE_REQUIREMENTS = MappingProxyType({
     "evaluate": (_needs_model, _needs_model_folder, _needs_instances, _needs_enough_points),
     "quantization_report": (_needs_model, _needs_model_folder, _needs_instances, _needs_enough_points),
-    "quantize": (_needs_model, _needs_model_folder, _needs_instance_calibration),
+    "quantize": (_needs_model, _needs_model_folder, _needs_instance_calibration, _needs_task_choices),
     "predict": (_needs_model, _needs_model_folder, _needs_prompts),
     "benchmark": (_needs_model, _needs_model_folder, _needs_benchmark_targets),
     "deploy": (_needs_model, _needs_model_folder, _needs_board_setup),
