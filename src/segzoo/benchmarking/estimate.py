@@ -26,6 +26,7 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from segzoo.benchmarking.analysis import analyze_tflite
@@ -162,12 +163,22 @@ def board_support(custom_ops: list[str], rules: dict | None = None, model: str =
 
 def check_loadable_on_board(path: str | Path) -> None:
     """ModelError naming the ops when X-LINUX-AI's runtime cannot load the ``.tflite`` at ``path``."""
+    check_bundle_loadable([path])
+
+
+def check_bundle_loadable(paths: Iterable[str | Path]) -> None:
+    """ModelError naming every file of a bundle (e.g. a pipeline's detector and landmark model, SAM2's encoder and
+    decoder) that X-LINUX-AI's runtime cannot load, with its ops: the board app needs all of them."""
     from segzoo.litert.flatbuffer import read_flatbuffer
 
-    custom = sorted({op.name for op in read_flatbuffer(path).operators if op.custom})
-    support = board_support(custom, model=str(path))
-    if not support["loadable"]:
-        raise ModelError(support["warning"])
+    warnings = []
+    for path in paths:
+        custom = sorted({op.name for op in read_flatbuffer(path).operators if op.custom})
+        support = board_support(custom, model=str(path))
+        if not support["loadable"]:
+            warnings.append(support["warning"])
+    if warnings:
+        raise ModelError("\n".join(warnings))
 
 
 # --------------------------------------------------------------------------------------------- placement

@@ -130,7 +130,8 @@ def frame_rows(rows: list[dict], groups: dict[str, list[str]]) -> list[dict]:
 
     ``groups`` maps a model's label to the row names (``model``) of its networks; for each group of two or more
     and each target, one row sums the networks' latencies, MACs, parameters and sizes (estimate: unit shares
-    weighted by each network's time; memory: the largest). The row fails when one of its networks failed.
+    weighted by each network's time; memory: the largest). The row fails when one of its networks failed; it is
+    not loadable on the board when one of its networks is not (with that network's warnings).
     """
     out = []
     for label, names in groups.items():
@@ -145,6 +146,9 @@ def frame_rows(rows: list[dict], groups: dict[str, list[str]]) -> list[dict]:
 
 def _sum_row(name: str, target: str, parts: list[dict]) -> dict:
     row = {**new_row(Path(parts[0]["path"]).parent, target, name, None), "frame_of": [r["model"] for r in parts]}
+    loadable = [r.get("board_loadable") for r in parts]  # the frame needs every network on the board
+    row["board_loadable"] = False if False in loadable else (True if all(loadable) else None)
+    row["warnings"] = [w for r in parts for w in r.get("warnings") or []]
     failed = [f"{r['model']}: {r['error']}" for r in parts if r["error"]]
     if failed or any(r["latency_ms"] is None for r in parts):
         row["error"] = "; ".join(failed) or "a network has no latency"

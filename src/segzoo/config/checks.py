@@ -243,14 +243,52 @@ def _needs_deployable_model(cfg: Config, mode: str, steps: tuple[str, ...]) -> l
     errors = []
     if "quantize" not in steps and _model_suffix(cfg) not in (None, ".tflite"):
         errors.append("general.model_path: deployment needs a .tflite model (or use operation_mode chain_qd)")
-    if "quantize" not in steps and _model_suffix(cfg) == ".tflite" and Path(cfg.general.model_path).is_file():
-        from segzoo.benchmarking.estimate import check_loadable_on_board
-
-        try:
-            check_loadable_on_board(cfg.general.model_path)
-        except ModelError as exc:
-            errors.append(f"general.model_path: {exc}")
     return errors + _exists("deployment.label_file_path", cfg.deployment.label_file_path, "file")
+
+
+def _model_file(cfg: Config) -> list[Path]:
+    """The run's single .tflite model, when it exists."""
+    path = cfg.general.model_path
+    return [Path(path)] if _model_suffix(cfg) == ".tflite" and Path(path).is_file() else []
+
+
+def _pipeline_files(cfg: Config) -> list[Path]:
+    """Every file of the ``general.pipeline`` preset present in the ``general.model_path`` folder."""
+    preset, folder = _pipeline_of(cfg), cfg.general.model_path
+    if preset is None or not folder:
+        return []
+    return [Path(folder) / name for name in preset.files if (Path(folder) / name).is_file()]
+
+
+def _pair_files(cfg: Config) -> list[Path]:
+    """The encoder and decoder .tflite of a promptable model folder (none for a Keras pair or a bad folder)."""
+    from segzoo.tasks.promptable_segmentation.models import find_pair
+
+    path = cfg.general.model_path
+    try:
+        pair = find_pair(path) if path and Path(path).is_dir() else None
+    except ModelError:
+        return []  # reported by _needs_model_folder
+    return [pair.encoder, pair.decoder] if pair is not None and pair.kind == "tflite" else []
+
+
+BUNDLE_FILES = MappingProxyType({"semantic_segmentation": _model_file, "pose_estimation": _pipeline_files,
+                                 "promptable_segmentation": _pair_files})
+"""Task -> the .tflite files its board bundle carries (all of them must load on the board)."""
+
+
+def _needs_loadable_files(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
+    """Every .tflite of the bundle a deployment would push must be loadable by the board's runtime (no custom op
+    it lacks); a run that quantizes first checks its own files when it builds the bundle."""
+    if "quantize" in steps:
+        return []
+    from segzoo.benchmarking.estimate import check_bundle_loadable
+
+    try:
+        check_bundle_loadable(BUNDLE_FILES[task_name(cfg)](cfg))
+    except ModelError as exc:
+        return [f"general.model_path: {exc}"]
+    return []
 
 
 def _needs_board_setup(cfg: Config, mode: str, steps: tuple[str, ...]) -> list[str]:
@@ -271,7 +309,7 @@ SEGMENTATION_REQUIREMENTS = MappingProxyType({
     "quantize": (_needs_model, _needs_float_model, _needs_classes, _needs_calibration_images, _needs_mask_layout),
     "predict": (_needs_model, _needs_classes, _needs_prediction_inputs),
     "benchmark": (_needs_model, _needs_benchmark_targets),
-    "deploy": (_needs_model, _needs_classes, _needs_deployable_model, _needs_board_setup),
+    "deploy": (_needs_model, _needs_classes, _needs_deployable_model, _needs_loadable_files, _needs_board_setup),
 })
 """Semantic segmentation: step -> the checks of what it needs."""
 
@@ -390,7 +428,7 @@ POSE_REQUIREMENTS = MappingProxyType({
                  _needs_task_choices),
     "predict": (_needs_pipeline, _needs_prediction_inputs),
     "benchmark": (_needs_pipeline, _needs_benchmark_targets),
-    "deploy": (_needs_pipeline, _needs_board_setup),
+    "deploy": (_needs_pipeline, _needs_loadable_files, _needs_board_setup),
 })
 """Pose estimation (a published detector + landmark pipeline, used as it is: no training step)."""
 
@@ -476,7 +514,7 @@ PROMPTABLE_REQUIREMENTS = MappingProxyType({
     "quantize": (_needs_model, _needs_model_folder, _needs_instance_calibration, _needs_task_choices),
     "predict": (_needs_model, _needs_model_folder, _needs_prompts),
     "benchmark": (_needs_model, _needs_model_folder, _needs_benchmark_targets),
-    "deploy": (_needs_model, _needs_model_folder, _needs_board_setup),
+    "deploy": (_needs_model, _needs_model_folder, _needs_loadable_files, _needs_board_setup),
 })
 """Promptable segmentation (SAM2): step -> the checks of what it needs (no training step)."""
 

@@ -24,7 +24,7 @@ from types import ModuleType
 import numpy as np
 
 from segzoo import __version__
-from segzoo.benchmarking.estimate import check_loadable_on_board
+from segzoo.benchmarking.estimate import check_bundle_loadable, check_loadable_on_board
 from segzoo.errors import ConfigError, ModelError, SegzooError
 from segzoo.io import copy_file, staging_dir, verified, write_json, write_text
 from segzoo.preprocess import Preprocessing
@@ -96,8 +96,7 @@ def build_pose_bundle(preset: PosePreset, detector: str | Path, landmark: str | 
     if not _APP_NAME.fullmatch(app_name or ""):
         raise ConfigError(f"app name {app_name!r}: use letters, digits, '.', '_' or '-' (it names a directory)")
     models = {"detector": _existing(detector, ".tflite"), "landmark": _existing(landmark, ".tflite")}
-    for model in models.values():
-        check_loadable_on_board(model)
+    check_bundle_loadable(models.values())
     unknown = sorted(set(nb_models or {}) - set(models))
     if unknown:
         raise ConfigError(f"nb_models: unknown role(s) {unknown}; use detector and landmark")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segzoo.benchmarking.estimate import check_bundle_loadable
 from segzoo.deployment.bundle import _APP_NAME, BOARD_APP_DIR, _copy, _existing, _staged_bundle
 from segzoo.errors import ConfigError, ModelError
 from segzoo.io import write_json
@@ -69,6 +70,7 @@ def build_point_bundle(encoder: str | Path, decoder: str | Path, out_dir: str | 
     if models["encoder"].name == models["decoder"].name:
         raise ConfigError(f"the encoder and the decoder must have different file names, both are "
                           f"{models['encoder'].name}")
+    check_bundle_loadable(models.values())
     config = point_config(models["encoder"], models["decoder"], resize_mode=resize_mode, threshold=threshold)
     for role, path in models.items():
         config[role]["file"] = path.name
