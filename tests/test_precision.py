@@ -23,7 +23,9 @@ def test_mixed_copy_keeps_output_layers_in_float32_and_exports_back():
     assert output_layers(model) == {"logits", "upsampled_logits"}  # back to the last layer with weights
     mixed = with_precision(model, "mixed_bfloat16")
     policies = policy_names(mixed)
-    assert {name for name, p in policies.items() if p == "float32"} == {"logits", "upsampled_logits"}
+    # the output layers, and the bilinear resizes
+    assert {name for name, p in policies.items() if p == "float32"} == {"logits", "upsampled_logits",
+                                                                        "aspp_pool_upsample"}
     assert {p for p in policies.values()} == {"float32", "mixed_bfloat16"}
     assert all(w.dtype == "float32" for w in mixed.weights)  # variables stay float32
     x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
@@ -33,6 +35,29 @@ def test_mixed_copy_keeps_output_layers_in_float32_and_exports_back():
     np.testing.assert_array_equal(np.asarray(exported(x)), np.asarray(model(x)))  # same weights, float32 again
     assert with_precision(model, "float32") is model  # nothing to do: no copy
     assert isinstance(exported, keras.Model)
+
+
+@pytest.mark.heavy
+def test_bfloat16_network_trains_under_xla():
+    """A bfloat16 resize between bfloat16 layers gives XLA a gradient of mixed precisions it will not compile
+    (InternalError); kept in float32, a jit-compiled training step runs."""
+    import keras
+    import tensorflow as tf
+
+    from segzoo.models.deeplab_v3.model import build_deeplabv3
+    from segzoo.training.backup import build_trainer
+    from segzoo.training.precision import with_precision
+    from segzoo.training.trainer import Trainer, default_loss_terms
+
+    network = with_precision(build_deeplabv3((32, 32, 3), 3, alpha=0.35, aspp="v2"), "mixed_bfloat16")
+    trainer = Trainer(network, default_loss_terms(3, 255, None), 3, 255)
+    trainer.optimizer = keras.optimizers.Adam(1e-3)
+    build_trainer(trainer)
+    rng = np.random.default_rng(0)
+    batch = (tf.constant(rng.uniform(-1, 1, (2, 32, 32, 3)), tf.float32),
+             tf.constant(rng.integers(0, 3, (2, 32, 32)), tf.int32))
+    tf.function(trainer.train_step, jit_compile=True)(batch)
+    assert math.isfinite(float(trainer.loss_tracker.result()))
 
 
 def test_every_output_path_of_a_multi_output_network_stays_float32():
@@ -57,14 +82,15 @@ def test_float16_training_scales_its_loss():
 
 
 @pytest.mark.heavy
-def test_bfloat16_training_exports_float32_and_quantizes(tmp_path, dataset_root):
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_training_exports_float32_and_quantizes(tmp_path, dataset_root, precision):
     import keras
 
     from segzoo.cli import run
     from segzoo.models.registry import custom_objects
     from segzoo.training.precision import policy_names
 
-    cfg = tiny_training_config(tmp_path, dataset_root, epochs=2, steps_per_epoch=4, precision="mixed_bfloat16")
+    cfg = tiny_training_config(tmp_path, dataset_root, epochs=2, steps_per_epoch=4, precision=precision)
     cfg["operation_mode"] = "chain_tqe"
     cfg["quantization"] = {"calibration_images": 8}
     cfg["evaluation"] = {"max_images": 8}
@@ -74,7 +100,7 @@ def test_bfloat16_training_exports_float32_and_quantizes(tmp_path, dataset_root)
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
     trained = keras.saving.load_model(saved / "best_checkpoint.keras", compile=False, custom_objects=custom_objects())
-    assert "mixed_bfloat16" in set(policy_names(trained).values())  # what was trained
+    assert precision in set(policy_names(trained).values())  # what was trained
     exported = keras.saving.load_model(saved / "best_model.keras", compile=False, custom_objects=custom_objects())
     assert set(policy_names(exported).values()) == {"float32"}
     assert all(w.dtype == "float32" for w in exported.weights)

@@ -66,18 +66,6 @@ def scaled_learning_rate(cfg: DistributionConfig, learning_rate: float, num_repl
     return learning_rate * num_replicas if cfg.lr_scaling == "linear" else learning_rate
 
 
-def synchronize_batch_norm(model: Any) -> int:
-    """Make every BatchNormalization layer of ``model`` compute its training statistics over the global batch (all
-    replicas and workers) rather than over its replica's share; the number of such layers."""
-    import keras
-
-    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in layers:
-        layer.synchronized = True
-    return len(layers)
-
-
 def _gpus() -> list[str]:
     return [device.name for device in tf.config.list_logical_devices("GPU")]
 

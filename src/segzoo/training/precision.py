@@ -2,7 +2,9 @@
 
 A network is trained in mixed precision as a copy whose layers compute in float16 or bfloat16 (variables stay
 float32), except its final layers: on every output, the layers from the output back to the last layer with weights
-(the logits convolution and any resize after it) compute in float32, and so do the losses. ``mixed_float16`` wraps
+(the logits convolution and any resize after it) compute in float32, and so do the losses. Bilinear resizes compute
+in float32 everywhere (TensorFlow's bilinear resize computes in float32 whatever its input; with XLA, a resize
+between bfloat16 layers gives a gradient of mixed precisions that XLA refuses to compile). ``mixed_float16`` wraps
 the optimizer in Keras's ``LossScaleOptimizer`` (dynamic loss scaling; bfloat16 has float32's range and needs
 none). What is exported for evaluation, quantization and deployment is rebuilt in float32 with the same weights.
 """
@@ -46,6 +48,13 @@ def output_layers(model: keras.Model) -> set[str]:
     return names
 
 
+def _resizes(model: keras.Model) -> set[str]:
+    """Names of the layers that resize bilinearly (kept in float32)."""
+    kinds = (keras.layers.UpSampling2D, keras.layers.Resizing)
+    return {layer.name for layer in _leaf_layers(model) if isinstance(layer, kinds)
+            and getattr(layer, "interpolation", "") == "bilinear"}
+
+
 def policy_names(model: keras.Model) -> dict[str, str]:
     """Each layer's dtype policy name (nested models flattened)."""
     return {layer.name: layer.dtype_policy.name for layer in _leaf_layers(model)}
@@ -64,7 +73,7 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
 
     The model itself when it already does; otherwise a clone (created in the current ``tf.distribute`` scope).
     """
-    keep = output_layers(model) if precision != FLOAT32 else set()
+    keep = output_layers(model) | _resizes(model) if precision != FLOAT32 else set()
     wanted = {name: FLOAT32 if name in keep else precision for name in policy_names(model)}
     if policy_names(model) == wanted:
         return model

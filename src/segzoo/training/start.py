@@ -17,7 +17,8 @@ from segzoo.errors import ModelError
 from segzoo.io import verified
 from segzoo.training.backup import BACKUP_DIR, build_trainer, read_backup, restore_trainer
 from segzoo.training.build import build_or_load_model, loss_terms_for, make_optimizer
-from segzoo.training.distribution import Distribution, scaled_learning_rate, synchronize_batch_norm
+from segzoo.training.batch_norm import synchronize_batch_norm, use_fused_kernel
+from segzoo.training.distribution import Distribution, scaled_learning_rate
 from segzoo.training.loop import broadcast_from_chief, sync_variables_from_chief
 from segzoo.training.losses import IgnoreAwareCrossEntropy
 from segzoo.training.metrics import StreamingMeanIoU
@@ -96,6 +97,8 @@ def make_trainer(cfg: Config, spec: DataSpec, train: list[Sample], dist: Distrib
         count = synchronize_batch_norm(network)
         logger.info("%d BatchNormalization layers take their statistics over the global batch "
                     "(training.distribution.sync_batch_norm)", count)
+    else:
+        logger.debug("%d BatchNormalization layers train with TensorFlow's fused kernel", use_fused_kernel(network))
     trainer = Trainer(network, loss_terms_for(cfg, spec, train), spec.num_classes, spec.ignore_index)
     lr = scaled_learning_rate(tr.distribution, tr.optimizer.learning_rate, dist.num_replicas)
     trainer.optimizer = wrap_optimizer(start.optimizer or make_optimizer(tr.optimizer, lr), tr.precision)
