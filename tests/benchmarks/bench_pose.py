@@ -18,7 +18,9 @@ Run by hand (not collected by pytest)::
      absorption), then the same conversion; and each of its int8 models alone in the float pipeline;
    - ``segzoo steps, relu6 skip|headroom``: segzoo's default post-training steps (formatting, constant channels,
      MSE activation ranges, bias correction) with ``relu6_equalization`` skip or headroom; and their landmark
-     model alone in the float pipeline.
+     model alone in the float pipeline;
+   - the same steps with the formatting options of ``OPTION_ROWS`` (``residual_equalization``, ``dead_inputs``,
+     with ``headroom`` or ``clip``), both networks int8 and each alone in the float pipeline.
    Calibration: the last ``--calibration`` person photos of ``coco128_semseg`` (not those of the mask IoU),
    letterboxed for the detector and cropped by the float pipeline for the landmark model
    (``calibration_inputs``). The STM32MP257 estimate (``estimate_stm32mp2``) of each int8 model follows.
@@ -104,21 +106,37 @@ def quantize_pair(models: dict, batches: dict[str, np.ndarray], granularity: str
     return out
 
 
-def quantize_defaults(models: dict, batches: dict[str, np.ndarray], out_dir: Path, relu6: str) -> dict[str, Path]:
-    """Both models through segzoo's default per-tensor steps (formatting with ``relu6_equalization: relu6``,
-    constant channels, MSE activation ranges, bias correction), float I/O."""
+OPTION_ROWS: dict[str, dict] = {
+    "headroom + residual": {"relu6": "headroom", "residual": True},
+    "headroom + res + dead in": {"relu6": "headroom", "residual": True, "dead_inputs": True},
+    "clip + residual": {"relu6": "clip", "residual": True},
+}
+"""Rows of segzoo's steps with the formatting options ``quantization.residual_equalization`` (``residual``) and
+``quantization.dead_inputs`` (``dead_inputs``), by ``relu6_equalization`` mode."""
+
+
+def quantize_defaults(models: dict, batches: dict[str, np.ndarray], out_dir: Path, relu6: str,
+                      **options: bool) -> dict[str, Path]:
+    """Both models through segzoo's default per-tensor steps (formatting with ``relu6_equalization: relu6`` and
+    ``options``, constant channels, MSE activation ranges, bias correction), float I/O."""
     from segzoo.quantization import bias_correction, converter, ranges
     from segzoo.quantization.formatting import optimize_for_per_tensor
-    from segzoo.quantization.quantize import representative
+    from segzoo.quantization.quantize import LAYER_ERROR_IMAGES, representative
 
     out = {}
+    tag = "_".join([relu6, *sorted(k for k, v in options.items() if v)])
     for role, model in models.items():
-        model, _ = optimize_for_per_tensor(model, batches[role], relu6=relu6)
+        start = time.perf_counter()
+        model, report = optimize_for_per_tensor(model, batches[role][:LAYER_ERROR_IMAGES], relu6=relu6, **options)
         calibrated = converter.calibrate(model, representative(batches[role]))
         calibrated, _ = ranges.select_ranges(calibrated, batches[role], "mse")
         calibrated, _ = bias_correction.correct_biases(calibrated, batches[role])
-        out[role] = out_dir / f"{role}_int8_per_tensor_defaults_{relu6}.tflite"
+        out[role] = out_dir / f"{role}_int8_per_tensor_{tag}.tflite"
         converter.convert_calibrated(calibrated, out[role], input_type="float", output_type="float")
+        dead = report.get("dead_channels") or {}
+        print(f"  {tag} {role}: {report['cle_pairs']} CLE pairs, {report['residual_streams']} residual streams, "
+              f"{report['channel_relus']} ReLU6 -> per-channel caps, {dead.get('dead_inputs', 0)} dead inputs; "
+              f"{time.perf_counter() - start:.0f} s")
     return out
 
 
@@ -156,7 +174,7 @@ def main() -> int:
     parser.add_argument("--num-poses", type=int, default=3)
     parser.add_argument("--float-only", action="store_true", help="latency and the float row only")
     parser.add_argument("--segzoo-steps-only", action="store_true",
-                        help="only the rows of segzoo's default steps (relu6 skip and headroom)")
+                        help="only the rows of segzoo's steps (relu6 skip and headroom, and the option rows)")
     parser.add_argument("--out", type=Path, help="keep the quantized models here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -199,6 +217,11 @@ def main() -> int:
                 pair = quantize_defaults(models, batches, out_dir, relu6)
                 rows[f"segzoo steps, relu6 {relu6}"] = pair
                 rows[f"  {relu6}: int8 landmark only"] = {"detector": detector, "landmark": pair["landmark"]}
+            for name, options in OPTION_ROWS.items():
+                pair = quantize_defaults(models, batches, out_dir, **options)
+                rows[name] = pair
+                rows[f"  {name}: landmark only"] = {"detector": detector, "landmark": pair["landmark"]}
+                rows[f"  {name}: detector only"] = {"detector": pair["detector"], "landmark": landmark}
         print(f"\n## Accuracy: OKS/AP/PCK on {len(images)} COCO val images ({dataset.num_persons} persons), "
               f"mask IoU on {len(mask_samples)} COCO train person photos")
         print(f"  {'models':22s} {'mean OKS':>9s} {'AP':>7s} {'PCK@0.2':>8s} {'mask IoU':>9s}  found persons' OKS")
@@ -206,7 +229,8 @@ def main() -> int:
             r = accuracy(preset, pair["detector"], pair["landmark"], dataset, mask_samples, args.threads)
             print(f"  {name:22s} {r['oks']:9.4f} {r['ap']:7.4f} {r['pck']:8.4f} {r['mask_iou']:9.4f}  {r['found_oks']}")
         print("\n## STM32MP257 estimate of the int8 models")
-        for name in ("ptq per-tensor", "ptq per-channel", "segzoo per-tensor", "segzoo steps, relu6 headroom"):
+        for name in ("ptq per-tensor", "ptq per-channel", "segzoo per-tensor", "segzoo steps, relu6 headroom",
+                     *OPTION_ROWS):
             for role, path in rows.get(name, {}).items():
                 print(f"  {name:18s} {role:9s} {stm32mp2(path)}")
     return 0

@@ -210,6 +210,8 @@ class QuantizationConfig:
     optimize: bool = True
     relu6_equalization: Literal["skip", "clip", "headroom"] = "headroom"
     dead_channels: Literal["off", "exact", "calibration"] = "calibration"
+    dead_inputs: bool = False
+    residual_equalization: bool = False
     activation_ranges: Literal["minmax", "percentile", "mse"] = "mse"
     activation_percentile: float = 99.99
     bias_correction: bool = True

@@ -18,6 +18,14 @@ Two kinds of constant channel are handled:
   through a ReLU: its output is 0 on the calibration images. Exact on them, statistically exact elsewhere (the
   channel would have to exceed its calibration maximum by more than its spread to fire).
 
+- **dead inputs** (only with calibration images): an input channel of a convolution that comes straight from a
+  ReLU (through zero padding or pooling) whose pre-activation is calibration-dead by the same margin. This
+  catches what the producer-side fold cannot follow: a channel that also enters a residual Add (MediaPipe's
+  pose landmark model has depthwise weights up to 245 on such channels, where its live ones stay below 10).
+  The input is 0 there, so zeroing the consumer's weights for it needs no bias change (zero padding included);
+  exact on the calibration images, statistically exact elsewhere. The weights zeroed this way can make the
+  consumer's own channel weight-dead, which the producer-side fold then handles.
+
 For each handled channel ``i`` of a producer, every consumer gets ``bias += sum over taps of w[:, :, i, :] * c_i``
 (``c_i``: the constant that reaches it, after the activations on the path), its input-channel ``i`` weights
 become 0, and the producer's channel ``i`` gets weights 0 and bias 0 (its value no longer matters, and 0 keeps it
@@ -41,6 +49,9 @@ DEAD_WEIGHT_RATIO = 1e-12
 
 MIN_DEAD_SAMPLES = 4096
 """Calibration values per channel needed to call a channel calibration-dead (a pooled branch sees one per image)."""
+
+MIN_DEAD_INPUT_SAMPLES = 1024
+"""The same for a dead input (:func:`fold_dead_inputs`): 16 calibration crops of an 8x8 feature map."""
 
 _CONSTANT_KEEPERS = frozenset({"Dropout", "SpatialDropout2D", "Identity", "UpSampling2D", "AveragePooling2D",
                                "GlobalAveragePooling2D", "MaxPooling2D", "GlobalMaxPooling2D"})
@@ -70,10 +81,14 @@ class DeadChannelReport:
     left: int = 0
     consumers_zeroed: int = 0
     layers: dict[str, int] = field(default_factory=dict)
+    dead_inputs: int = 0
+    """Consumer input channels zeroed because a ReLU feeds them 0 on every calibration pixel."""
+    dead_input_layers: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"weight_dead": self.weight_dead, "calibration_dead": self.calibration_dead, "left": self.left,
-                "consumers_zeroed": self.consumers_zeroed, "layers": dict(self.layers)}
+                "consumers_zeroed": self.consumers_zeroed, "layers": dict(self.layers),
+                "dead_inputs": self.dead_inputs, "dead_input_layers": dict(self.dead_input_layers)}
 
 
 def _activate(node: fmt._Node, values: np.ndarray, offset: int) -> np.ndarray:
@@ -206,10 +221,76 @@ def _handle_producer(graph: fmt._Graph, consumers: dict[str, list[str]], node: f
     report.layers[node.name] = int(channels.size)
 
 
-def fold_dead_channels(graph: fmt._Graph, calls: dict[str, Any],
-                       calibration: np.ndarray | None) -> DeadChannelReport:
-    """Fold every constant channel of every convolution (module docstring); the graph is changed in place."""
+_ZERO_KEEPERS = frozenset({"ZeroPadding2D", "MaxPooling2D", "AveragePooling2D", "UpSampling2D", "Dropout",
+                           "SpatialDropout2D", "Identity"})
+"""Ops that keep a channel that is 0 everywhere at 0."""
+
+
+def _zeroing_relu(node: fmt._Node) -> bool:
+    """A plain ReLU (or ReLU6, or a per-channel capped ReLU): negative pre-activations become exactly 0."""
+    if node.kind == "ChannelReLU":
+        return True
+    cfg = node.config
+    if node.kind == "ReLU":
+        return float(cfg.get("threshold", 0.0) or 0.0) == 0.0 and float(cfg.get("negative_slope", 0.0) or 0.0) == 0
+    return node.kind == "Activation" and cfg.get("activation") in ("relu", "relu6")
+
+
+def _relu_source(graph: fmt._Graph, node: fmt._Node) -> str | None:
+    """The layer computing the pre-activation of the ReLU that feeds convolution ``node`` (through zero-keeping
+    ops), or None."""
+    name = graph.inputs_of(node)[0] if graph.inputs_of(node) else None
+    while name is not None:
+        source = graph.nodes[name]
+        if _zeroing_relu(source):
+            inputs = graph.inputs_of(source)
+            return inputs[0] if len(inputs) == 1 else None
+        if source.kind not in _ZERO_KEEPERS or len(graph.inputs_of(source)) != 1:
+            return None
+        name = graph.inputs_of(source)[0]
+    return None
+
+
+def _zero_inputs(consumer: fmt._Node, channels: np.ndarray) -> None:
+    """Input channels ``channels`` of the consumer get weights 0 (their input is 0: the bias stays)."""
+    kernel = fmt._kernel(consumer).copy()
+    kernel[:, :, channels, :] = 0.0
+    consumer.weights[0] = kernel
+
+
+def fold_dead_inputs(graph: fmt._Graph, calls: dict[str, Any], calibration: np.ndarray,
+                     report: DeadChannelReport) -> None:
+    """Zero the weights that read calibration-dead ReLU channels (module docstring, "dead inputs")."""
+    readers = {}
+    for node in graph.live():
+        if fmt._is_conv(node):
+            source = _relu_source(graph, node)
+            if source is not None and graph.nodes[source].channels == fmt._kernel(node).shape[2]:
+                readers[node.name] = source
+    if not readers:
+        return
+    stats = fmt.channel_statistics(graph, calls, sorted(set(readers.values())), calibration)
+    for name, source in readers.items():
+        _, high, mean, count = stats[source]
+        if count < MIN_DEAD_INPUT_SAMPLES:
+            continue
+        node = graph.nodes[name]
+        live = np.abs(fmt._kernel(node)).transpose(2, 0, 1, 3).reshape(fmt._kernel(node).shape[2], -1).max(axis=1)
+        dead = np.flatnonzero((high + fmt.ABSORB_MARGIN * (high - mean) < 0) & (live > 0))
+        if dead.size:
+            _zero_inputs(node, dead)
+            report.dead_inputs += int(dead.size)
+            report.dead_input_layers[name] = int(dead.size)
+
+
+def fold_dead_channels(graph: fmt._Graph, calls: dict[str, Any], calibration: np.ndarray | None, *,
+                       dead_inputs: bool = False) -> DeadChannelReport:
+    """Fold every constant channel of every convolution (module docstring); the graph is changed in place.
+
+    With ``dead_inputs`` and ``calibration`` images, the dead inputs (:func:`fold_dead_inputs`) are zeroed first."""
     report = DeadChannelReport()
+    if calibration is not None and dead_inputs:
+        fold_dead_inputs(graph, calls, calibration, report)
     producers = [n for n in graph.live() if fmt._is_conv(n) and fmt._linear_activation(n)]
     stats = None
     if calibration is not None and producers:

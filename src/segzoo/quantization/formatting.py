@@ -29,6 +29,12 @@ Quantization Through Weight Equalization and Bias Correction"; ST's per-tensor f
    the channel's calibration maximum times ``1 + HEADROOM_MARGIN``: ``C_i >= m_i / 6`` always, and ``C_i > 1``
    only when ``m_i <= 6``; a channel that reaches its cap on the calibration images keeps ``C_i = 1``. Exact on
    the calibration images (report ``exact: false``; tested on held-out images).
+   ``residual=True`` (``quantization.residual_equalization``) also equalizes **residual streams**, which plain
+   CLE stops at: the tensors tied by Adds, ReLUs and channel-wise pass-through ops (e.g. ``x_{k+1} =
+   relu6(x_k + project_k(x_k))``) share one scale per channel; every convolution writing into the stream divides
+   its output channel ``i`` by ``s_i`` and every one reading from it multiplies its input channel ``i`` by
+   ``s_i`` (producers' range: the largest over all of them). Exact for linear and ReLU streams, and across
+   ReLU6 as the ``relu6`` mode says (``headroom`` bounds come from each ReLU6's own input, the Add).
 3. **Bias absorption** (Nagel §4.2), only when ``calibration`` images are given: when a ReLU channel's
    pre-activation stays above ``c_i > 0`` on the calibration set, ``c_i`` is moved out of the producer's bias and
    into the consumers' biases (``relu(z) = relu(z - c) + c`` when ``z >= c``), shrinking that activation's range.
@@ -342,6 +348,13 @@ class _Group:
     """``relu6="headroom"``: per-channel bounds of the total scale ``C_i`` (see the module docstring)."""
     total: np.ndarray | None = None
     """``relu6="headroom"``: the product of the scales applied so far."""
+    extra_producers: list[str] = field(default_factory=list)
+    """A residual stream (:func:`find_residual_groups`): the other convolutions whose outputs are added into it."""
+
+    @property
+    def producers(self) -> list[str]:
+        """Every convolution whose output channels this group rescales."""
+        return [self.producer, *self.extra_producers]
 
 
 class _Invalid(Exception):
@@ -424,9 +437,95 @@ def find_groups(graph: _Graph, relu6: str) -> list[_Group]:
     return groups
 
 
+_STREAM_OPS = _PASS_THROUGH - {"GlobalAveragePooling2D", "GlobalMaxPooling2D"}
+"""Channel-wise, positively homogeneous ops that keep the spatial layout inside a residual stream."""
+_ACTIVATIONS = frozenset({"ReLU", "LeakyReLU", "Activation", "ChannelReLU"})
+
+
+def _stream_members(graph: _Graph, consumers: dict[str, list[str]], start: str,
+                    relu6: str) -> tuple[set[str], set[str]]:
+    """The tensors (producer names) that must share ``start``'s channel scales, and the convolutions reading them.
+
+    Two tensors share scales when one is a pass-through, ReLU or Add of the other (an Add ties all its inputs and
+    its output). _Invalid when the set reaches something a channel scaling cannot pass (a model output, a
+    concatenation, a fused or nonlinear activation, another kind of layer) or has no Add.
+    """
+    members, readers, todo, adds = set(), set(), [start], 0
+    while todo:
+        name = todo.pop()
+        if name in members:
+            continue
+        members.add(name)
+        node = graph.nodes[name]
+        if graph.is_output(name) or node.kind == "InputLayer":
+            raise _Invalid(name)
+        if node.kind == "Add":
+            adds += 1
+            todo.extend(graph.inputs_of(node))
+        elif node.kind in _STREAM_OPS or node.kind in _ACTIVATIONS:
+            if node.kind in _ACTIVATIONS:
+                _relu_kind(node, relu6)  # _Invalid for a nonlinear or (relu6="skip") a capped activation
+            todo.extend(graph.inputs_of(node))
+        elif not (_is_conv(node) and _linear_activation(node)):
+            raise _Invalid(name)
+        for cname in consumers[name]:
+            kind = graph.nodes[cname].kind
+            if _is_conv(graph.nodes[cname]):
+                readers.add(cname)
+            elif kind == "Add" or kind in _STREAM_OPS or kind in _ACTIVATIONS:
+                todo.append(cname)
+            else:
+                raise _Invalid(cname)
+    if not adds:
+        raise _Invalid(start)
+    if len({graph.nodes[m].channels for m in members}) != 1:
+        raise _Invalid(start)
+    return members, readers
+
+
+def find_residual_groups(graph: _Graph, relu6: str) -> list[_Group]:
+    """Residual streams as CLE groups (``quantization.residual_equalization``).
+
+    A residual stream is the set of tensors that Adds, ReLUs and channel-wise pass-through ops tie together
+    (e.g. ``x_{k+1} = relu6(x_k + project_k(x_k))`` over several blocks): channel ``i`` of every one of them can
+    be divided by the same ``s_i`` when every convolution writing into the stream divides its output channel
+    ``i`` by ``s_i`` and every convolution reading from it multiplies its input channel ``i`` by ``s_i``.
+    The producers' range is the largest over all of them, the consumers' over all readers. Exact for ReLU and
+    linear streams; across ReLU6 it is exact with ``relu6="clip"`` and within the calibration headroom with
+    ``relu6="headroom"`` (the bounds come from each ReLU6's own input). Streams that :func:`find_groups` already
+    covers (no Add) are not returned.
+    """
+    consumers = graph.consumers()
+    groups, seen = [], set()
+    for node in graph.live():
+        if node.name in seen or not _is_conv(node) or not _linear_activation(node):
+            continue
+        if not any(graph.nodes[c].kind == "Add" or graph.nodes[c].kind in _STREAM_OPS | _ACTIVATIONS
+                   for c in consumers[node.name]):
+            continue
+        try:
+            members, readers = _stream_members(graph, consumers, node.name, relu6)
+        except _Invalid:
+            continue
+        seen |= members
+        producers = [n for n in graph.nodes if n in members and _is_conv(graph.nodes[n])]
+        relus = [(n, 0) for n in graph.nodes if n in members and graph.nodes[n].kind in _ACTIVATIONS
+                 and _relu_kind(graph.nodes[n], relu6) != "linear"]
+        if not readers or any(r in members for r in readers):
+            continue
+        groups.append(_Group(producers[0], [(r, 0) for r in sorted(readers)], relus, shift_exact=False,
+                             relu_on_every_path=False, extra_producers=producers[1:]))
+    return groups
+
+
 # ------------------------------------------------------------------------------------------------- CLE
 def _producer_range(node: _Node) -> np.ndarray:
     return np.abs(_out_view(node)).reshape(-1, _out_view(node).shape[-1]).max(axis=0)
+
+
+def _group_producer_range(graph: _Graph, group: _Group) -> np.ndarray:
+    """Per-channel largest ``|w|`` over every producer of the group."""
+    return np.max([_producer_range(graph.nodes[name]) for name in group.producers], axis=0)
 
 
 def _consumer_range(graph: _Graph, group: _Group, size: int) -> np.ndarray:
@@ -460,8 +559,7 @@ def _min_scales(graph: _Graph, group: _Group, size: int) -> np.ndarray:
 
 def equalize_group(graph: _Graph, group: _Group) -> float:
     """One CLE step on ``group``; the largest ``|log s_i|`` applied (0 when already equalized)."""
-    producer = graph.nodes[group.producer]
-    r1 = _producer_range(producer)
+    r1 = _group_producer_range(graph, group)
     r2 = _consumer_range(graph, group, r1.size)
     scale = np.ones_like(r1)
     ok = (r1 > 0) & (r2 > 0)
@@ -472,7 +570,8 @@ def equalize_group(graph: _Graph, group: _Group) -> float:
         group.total = total * scale
     else:
         scale[ok] = np.clip(np.sqrt(r1[ok] / r2[ok]), _min_scales(graph, group, r1.size)[ok], SCALE_LIMITS[1])
-    _scale_outputs(producer, 1.0 / scale)
+    for name in group.producers:
+        _scale_outputs(graph.nodes[name], 1.0 / scale)
     for cname, offset in group.consumers:
         _scale_inputs(graph.nodes[cname], offset, scale)
     if group.bounds is not None:
@@ -619,15 +718,25 @@ def headroom_bounds(graph: _Graph, calls: dict[str, Any], groups: list[_Group],
         return groups
     if calibration is None:
         return [g for g in groups if g not in capped]
-    stats = channel_statistics(graph, calls, sorted({g.producer for g in capped}), calibration)
+    probes = {id(g): _headroom_probes(graph, g) for g in capped}
+    stats = channel_statistics(graph, calls, sorted({p for names in probes.values() for p in names}), calibration)
     for group in capped:
-        peak = np.maximum(stats[group.producer][1], 0.0) * (1.0 + HEADROOM_MARGIN)
+        peak = np.max([np.maximum(stats[p][1], 0.0) for p in probes[id(group)]], axis=0) * (1.0 + HEADROOM_MARGIN)
         cap = min(_cap_of(graph.nodes[r]) for r, _ in group.relus if _relu_kind(graph.nodes[r], "headroom")
                   == "capped")
         low = np.clip(peak / cap, SCALE_LIMITS[0], 1.0)
         high = np.where(peak <= cap, SCALE_LIMITS[1], 1.0)
         group.bounds = (low, high)
     return groups
+
+
+def _headroom_probes(graph: _Graph, group: _Group) -> list[str]:
+    """The layers whose calibration maxima bound a group's scales: the producer of a plain group; the input of
+    every capped ReLU of a residual stream (an Add of several producers, whose sum the ReLU6 clips)."""
+    if not group.extra_producers:
+        return [group.producer]
+    return [graph.inputs_of(graph.nodes[r])[0] for r, _ in group.relus
+            if _relu_kind(graph.nodes[r], "headroom") == "capped"]
 
 
 def _cap_of(relu: _Node) -> float:
@@ -651,17 +760,21 @@ def _validate_calibration(calibration: np.ndarray | None, model: keras.Model) ->
 
 
 def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None = None, *,
-                            relu6: str = "clip", dead_channels: str = "calibration") -> tuple[keras.Model, dict]:
+                            relu6: str = "clip", dead_channels: str = "calibration", dead_inputs: bool = False,
+                            residual: bool = False) -> tuple[keras.Model, dict]:
     """A functionally equivalent model whose weights quantize well per-tensor, and a report of what was done.
 
     Steps (module docstring): BatchNorm folding, constant-channel folding (``dead_channels``: ``"off"``,
-    ``"exact"`` weight-dead channels only, ``"calibration"`` also channels dead on the calibration images; see
+    ``"exact"`` weight-dead channels only, ``"calibration"`` also channels dead on the calibration images, and with
+    ``dead_inputs`` the consumer weights reading ReLU channels dead on them; see
     :mod:`segzoo.quantization.dead_channels`), cross-layer equalization (``relu6``: ``"clip"``, ``"skip"`` or
-    ``"headroom"``, the latter within the calibration images' headroom below each ReLU6 cap),
+    ``"headroom"``, the latter within the calibration images' headroom below each ReLU6 cap; with ``residual``
+    also across residual streams, :func:`find_residual_groups`),
     bias absorption when ``calibration`` (preprocessed float32 ``[N,H,W,C]``) is given. The input model is not
     modified. Report keys: ``bn_folded``, ``bn_left``, ``cle_groups``, ``cle_pairs``, ``cle_sweeps``,
     ``channel_relus`` (ReLU6 layers replaced by :class:`ChannelReLU`), ``relu6_headroom_pairs`` (pairs equalized
-    across a ReLU6 kept as it is), ``biases_absorbed`` (channels),
+    across a ReLU6 kept as it is), ``residual_streams`` and ``residual_stream_convolutions`` (residual streams
+    equalized, convolutions writing into or reading from them), ``biases_absorbed`` (channels),
     ``dead_channels`` (weight-dead / calibration-dead channels folded, per layer), ``relu6``, ``exact`` (False
     once biases were absorbed or calibration-dead channels folded: exact on the calibration images only),
     ``notes``.
@@ -678,8 +791,11 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
     folded, left = fold_batch_norms(graph)
     dead = None
     if dead_channels != "off":
-        dead = fold_dead_channels(graph, calls, calibration if dead_channels == "calibration" else None).as_dict()
+        dead = fold_dead_channels(graph, calls, calibration if dead_channels == "calibration" else None,
+                                  dead_inputs=dead_inputs).as_dict()
     groups = find_groups(graph, relu6)
+    streams = find_residual_groups(graph, relu6) if residual else []
+    groups, stream_ids = groups + streams, {id(g) for g in streams}
     if relu6 == "headroom":
         groups = headroom_bounds(graph, calls, groups, calibration)
     sweeps = equalize(graph, groups) if groups else 0
@@ -696,8 +812,11 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
         "dead_channels": dead,
         "relu6": relu6,
         "relu6_headroom_pairs": sum(len(g.consumers) for g in groups if g.bounds is not None),
+        "residual_streams": sum(1 for g in groups if id(g) in stream_ids),
+        "residual_stream_convolutions": sum(len(g.producers) + len(g.consumers) for g in groups
+                                            if id(g) in stream_ids),
         "exact": absorbed == 0 and not (dead or {}).get("calibration_dead")
-        and not any(g.bounds is not None for g in groups),
+        and not (dead or {}).get("dead_inputs") and not any(g.bounds is not None for g in groups),
         "notes": ("activation ranges are the converter's min/max over the calibration set (no clipping); "
                   + ("bias absorption from calibration statistics (min - margin * (mean - min)): exact on the "
                      "calibration images, statistically exact elsewhere" if calibration is not None

@@ -191,14 +191,18 @@ def _formatting(formatting: dict | None) -> str:
     dead_text = ("constant channels not folded (quantization.dead_channels: off)" if not dead else
                  f"{dead['weight_dead']} constant channels (zero weights) folded exactly, "
                  f"{dead['calibration_dead']} channels dead on the calibration images folded, {dead['left']} left "
-                 f"(a non-zero constant would meet zero padding)")
+                 f"(a non-zero constant would meet zero padding)"
+                 + (f", {dead['dead_inputs']} weight input channels reading a ReLU channel dead on the calibration "
+                    f"images zeroed" if dead.get("dead_inputs") else ""))
     exact = ("the float model is unchanged for every input" if formatting.get("exact", True) else
              "the float model is unchanged on the calibration images, statistically elsewhere")
     return (f"{formatting.get('bn_folded', 0)} batch norms folded, {dead_text}, {formatting.get('cle_pairs', 0)} "
             f"layer pairs equalized in {formatting.get('cle_sweeps', 0)} sweeps, "
             f"{formatting.get('channel_relus', 0)} ReLU6 turned into per-channel caps, "
             f"{formatting.get('relu6_headroom_pairs', 0)} pairs equalized across a ReLU6 within the calibration "
-            f"headroom, {formatting.get('biases_absorbed', 0)} bias channels absorbed; {exact}")
+            f"headroom, {formatting.get('residual_streams', 0)} residual streams equalized "
+            f"({formatting.get('residual_stream_convolutions', 0)} convolutions), "
+            f"{formatting.get('biases_absorbed', 0)} bias channels absorbed; {exact}")
 
 
 def _refinement_lines(refinements: dict) -> list[str]:
