@@ -122,7 +122,7 @@ def test_build_bundle_rejects_mismatches(st_model, voc_names, tmp_path):
 
 # --------------------------------------------------------------------------------------------------- board app
 
-@pytest.mark.parametrize("name", ["segment.py", "pose.py", "sam2_point.py"])
+@pytest.mark.parametrize("name", ["segment.py", "common.py", "pose.py", "sam2_point.py"])
 def test_board_app_imports_no_tensorflow_or_segzoo(name):
     tree = ast.parse((BOARD_APP_DIR / name).read_text())
     roots = set()
@@ -132,7 +132,7 @@ def test_board_app_imports_no_tensorflow_or_segzoo(name):
         elif isinstance(node, ast.ImportFrom):
             roots.add((node.module or "").split(".")[0])
     assert not roots & {"tensorflow", "keras", "segzoo", "tf_keras"}, roots
-    # pose.py and sam2_point.py take numpy, OpenCV and the runtimes from segment.py, loaded by path (importlib)
+    # pose.py and sam2_point.py take numpy, OpenCV and the runtimes from common.py and segment.py, loaded by path
     assert roots <= {"__future__", "argparse", "glob", "hashlib", "importlib", "json", "math", "os", "sys", "time",
                      "pathlib", "numpy", "cv2", "PIL", "stai_mpu", "tflite_runtime", "ai_edge_litert"}, roots
 

@@ -126,7 +126,7 @@ def test_pose_app_errors(bundle, tmp_path):
 def test_pose_bundle_contents_launcher_and_checks(bundle, mediapipe_dir, keypoints_dir, tmp_path):
     names = sorted(p.name for p in bundle.iterdir())
     assert names == sorted(["pose_detection.tflite", "pose_landmark_full.tflite", "pose_config.json", "pose.py",
-                            "segment.py", "launch.sh", "manifest.json"])
+                            "common.py", "segment.py", "launch.sh", "manifest.json"])
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["entry"] == "pose.py" and manifest["models"] == {"detector": "pose_detection.tflite",
                                                                      "landmark": "pose_landmark_full.tflite"}

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 BOARD_APP_DIR = Path(__file__).resolve().parent / "board_app"
 BOARD_APP_FILES = ("segment.py", "launch.sh")
-POSE_APP_FILES = ("pose.py", "segment.py", "launch.sh")
+POSE_APP_FILES = ("pose.py", "common.py", "segment.py", "launch.sh")
 POSE_CONFIG = "pose_config.json"
 MANIFEST = "manifest.json"
 PREPROCESSING = "preprocessing.json"
@@ -89,7 +89,8 @@ def build_pose_bundle(preset: PosePreset, detector: str | Path, landmark: str | 
     """Build ``out_dir/app_name`` for a detector + landmark pose pipeline and return its path.
 
     Holds both models (and their ``.nb`` binaries, ``nb_models`` keyed ``detector``/``landmark``), the preset as
-    ``pose_config.json``, ``pose.py`` with ``segment.py`` (manifest check, runtimes) and ``launch.sh`` (which
+    ``pose_config.json``, ``pose.py`` with ``common.py`` (network runtimes), ``segment.py`` (manifest check,
+    runtimes) and ``launch.sh`` (which
     runs ``pose.py`` when ``pose_config.json`` is there), and the manifest, whose ``models`` name both files.
     Both models are loaded once: their outputs must bind to the preset's roles.
     """

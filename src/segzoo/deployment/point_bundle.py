@@ -3,9 +3,9 @@
 Layout: both models, ``sam2_config.json`` (model size, number of point inputs, SAM2 normalization, resize mode,
 mask threshold, and for each network its input and output names in the order of the file's tensors, with their
 shapes: the board app binds tensors by that order, which ``stai_mpu`` shares with the TFLite interpreter),
-``sam2_point.py`` with ``segment.py`` (manifest check, image reading, camera, runtimes), ``launch.sh`` and
-``manifest.json`` (``"entry": "sam2_point.py"``, ``"models": {"encoder", "decoder"}``). Staged and renamed into
-place like every bundle (:func:`segzoo.deployment.bundle._staged_bundle`).
+``sam2_point.py`` with ``common.py`` (network runtimes) and ``segment.py`` (manifest check, image reading,
+camera, runtimes), ``launch.sh`` and ``manifest.json`` (``"entry": "sam2_point.py"``, ``"models": {"encoder",
+"decoder"}``). Staged and renamed into place like every bundle (:func:`segzoo.deployment.bundle._staged_bundle`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from segzoo.deployment.bundle import _APP_NAME, BOARD_APP_DIR, _copy, _existing,
 from segzoo.errors import ConfigError, ModelError
 from segzoo.io import write_json
 
-POINT_APP_FILES = ("sam2_point.py", "segment.py", "launch.sh")
+POINT_APP_FILES = ("sam2_point.py", "common.py", "segment.py", "launch.sh")
 POINT_CONFIG = "sam2_config.json"
 ROLES = ("encoder", "decoder")
 REQUIRED = {"encoder": ("image",), "decoder": ("image_embeddings", "high_res_features_s0", "high_res_features_s1",

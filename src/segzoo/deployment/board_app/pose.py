@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """segzoo board application, pose mode: MediaPipe Pose on images, a video or a camera of an STM32MP2 board.
 
-Shipped in a segzoo pose bundle with ``segment.py`` (whose manifest check, image reading, camera pipeline and
-runtime loaders it reuses), the detector and landmark models, ``pose_config.json`` (the pipeline preset:
-input sizes, value ranges, anchors, thresholds) and ``manifest.json`` (``"models": {"detector": ...,
-"landmark": ...}``, optional ``"nb_models"``). Needs no TensorFlow and no segzoo: numpy and OpenCV. Each
+Shipped in a segzoo pose bundle with ``common.py`` (the networks' runtimes, the --verify and --benchmark modes)
+and ``segment.py`` (manifest check, image reading, camera pipeline, runtime loaders), the detector and landmark
+models, ``pose_config.json`` (the pipeline preset: input sizes, value ranges, anchors, thresholds) and
+``manifest.json`` (``"models": {"detector": ..., "landmark": ...}``, optional ``"nb_models"``). Needs no TensorFlow and no segzoo: numpy and OpenCV. Each
 model runs with X-LINUX-AI's ``stai_mpu``, else a TFLite runtime with the VX delegate (NPU/GPU) when present,
 else on the CPU. The pipeline repeats segzoo's ``tasks/pose_estimation`` arithmetic (tests check both give
 the same landmarks): letterboxed detector input, SSD anchors, weighted NMS, rotated crop, landmark model,
@@ -27,7 +27,6 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,15 +35,10 @@ HERE = Path(__file__).resolve().parent
 CONFIG = "pose_config.json"
 
 
-def _load_segment_app():
-    """``segment.py`` beside this file (manifest, images, streams, runtimes), loaded by path."""
-    spec = importlib.util.spec_from_file_location("segzoo_board_segment_common", HERE / "segment.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-common = _load_segment_app()
+_SPEC = importlib.util.spec_from_file_location("segzoo_board_common", HERE / "common.py")
+shared = importlib.util.module_from_spec(_SPEC)  # common.py: what pose.py and sam2_point.py share
+_SPEC.loader.exec_module(shared)
+common = shared.segment
 np, cv2 = common.np, common.cv2
 AppError = common.AppError
 EXIT_OK, EXIT_RUNTIME, EXIT_MODEL = common.EXIT_OK, common.EXIT_RUNTIME, common.EXIT_MODEL
@@ -232,23 +226,12 @@ def refine_with_heatmap(lms, heatmap, kernel: int, min_confidence: float):
 
 # -------------------------------------------------------------------------------------------------------- models
 
-class PoseModel:
-    """One model with several outputs (stai_mpu or TFLite); ``run`` returns float outputs by role."""
+class PoseModel(shared.BoardNetwork):
+    """One model with several outputs (stai_mpu or TFLite, ``common.py``); ``run`` returns float outputs by role."""
 
     def __init__(self, path: Path, nb: Path | None, runtime: str, threads: int, roles: dict) -> None:
-        self.path = nb or path
-        stai = common._import_stai() if runtime in ("auto", "stai_mpu") else None
-        if runtime == "stai_mpu" and stai is None:
-            raise AppError("stai_mpu is not installed (X-LINUX-AI: x-linux-ai -i python3-stai-mpu)", EXIT_RUNTIME)
-        try:
-            if stai is not None:
-                self._open_stai(self.path, stai)
-            else:
-                self._open_tflite(path, runtime, threads)
-        except AppError:
-            raise
-        except Exception as exc:  # any loader failure: name the file and the cause
-            raise AppError(f"cannot load model {self.path.name}: {type(exc).__name__}: {exc}", EXIT_MODEL) from exc
+        super().__init__(path, nb, runtime, threads)
+        self.input_shape = self.input_shapes[0]
         self.roles = {}
         for role, shape in roles.items():
             found = [i for i, s in enumerate(self.output_shapes) if tuple(s[1:]) == tuple(shape)]
@@ -257,57 +240,9 @@ class PoseModel:
                                f"(outputs {self.output_shapes}); is it the model {CONFIG} expects?", EXIT_MODEL)
             self.roles[role] = found[0]
 
-    def _open_stai(self, path: Path, stai_network) -> None:
-        self._net = stai_network(model_path=str(path), use_hw_acceleration=True)
-        info = self._net.get_input_infos()[0]
-        self.input_shape = tuple(int(d) for d in info.get_shape())
-        self.input_dtype, self.input_quant = np.dtype(info.get_dtype()), common._stai_quantization(info)
-        outs = self._net.get_output_infos()
-        self.output_shapes = [tuple(int(d) for d in o.get_shape()) for o in outs]
-        self.output_quants = [common._stai_quantization(o) for o in outs]
-        self.runtime, self.delegate = "stai_mpu", "npu (NBG)" if path.suffix == ".nb" else "vx_delegate (stai_mpu)"
-        self._mode = "stai"
-
-    def _open_tflite(self, path: Path, runtime: str, threads: int) -> None:
-        found = common._import_tflite()
-        if found is None:
-            raise AppError("no inference runtime: install X-LINUX-AI's stai_mpu, or tflite_runtime, or ai-edge-litert",
-                           EXIT_RUNTIME)
-        module, interpreter_cls, load_delegate = found
-        delegate = common.vx_delegate_path() if runtime != "cpu" else None
-        delegates = []
-        if delegate:
-            try:
-                delegates = [load_delegate(delegate)]
-            except Exception as exc:  # a broken delegate falls back to the CPU, loudly
-                print(f"warning: cannot load the VX delegate {delegate} ({exc}); running on the CPU", file=sys.stderr)
-        kwargs = {"experimental_delegates": delegates} if delegates else {}
-        self._interp = interpreter_cls(model_path=str(path), num_threads=threads, **kwargs)
-        self._interp.allocate_tensors()
-        self._in = self._interp.get_input_details()[0]
-        self._outs = self._interp.get_output_details()
-        self.input_shape = tuple(int(d) for d in self._in["shape"])
-        self.input_dtype = np.dtype(self._in["dtype"])
-        self.input_quant = common._tflite_quantization(self._in)
-        self.output_shapes = [tuple(int(d) for d in o["shape"]) for o in self._outs]
-        self.output_quants = [common._tflite_quantization(o) for o in self._outs]
-        self.runtime, self.delegate = module, f"vx_delegate ({os.path.basename(delegate)})" if delegates else "cpu"
-        self._mode = "tflite"
-
     def run(self, x) -> dict:
         """One inference of a float ``[1, H, W, C]`` input; float32 outputs by role."""
-        tensor = common.quantize(x, self.input_dtype, self.input_quant)
-        if self._mode == "stai":
-            self._net.set_input(0, tensor)
-            self._net.run()
-            raw = {role: np.asarray(self._net.get_output(index=i)) for role, i in self.roles.items()}
-        else:
-            self._interp.set_tensor(self._in["index"], tensor)
-            self._interp.invoke()
-            raw = {role: self._interp.get_tensor(self._outs[i]["index"]) for role, i in self.roles.items()}
-        return {role: common.dequantize(v, self.output_quants[self.roles[role]])
-                if self.output_quants[self.roles[role]] is not None else v.astype(np.float32, copy=False)
-                for role, v in raw.items()}
+        return dict(zip(self.roles, self.forward([x], list(self.roles.values()))))
 
 
 # ------------------------------------------------------------------------------------------------------ pipeline
@@ -492,15 +427,9 @@ def parse_args(argv: list | None) -> argparse.Namespace:
 
 def load_config(path: Path) -> dict:
     """The pipeline configuration (segzoo's pose preset as JSON)."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AppError(f"cannot read the pipeline configuration {path}: {exc}", EXIT_MODEL) from exc
-    missing = [k for k in ("detector_input", "landmark_input", "anchors", "decoding", "nms_iou", "roi_keypoints",
-                           "roi_scale", "num_landmarks", "tracking_landmarks", "min_pose_presence") if k not in config]
-    if missing:
-        raise AppError(f"{path}: missing key(s) {', '.join(missing)}", EXIT_MODEL)
-    return config
+    return shared.load_config(path, ("detector_input", "landmark_input", "anchors", "decoding", "nms_iou",
+                                     "roi_keypoints", "roi_scale", "num_landmarks", "tracking_landmarks",
+                                     "min_pose_presence"), "pipeline configuration")
 
 
 def model_roles(config: dict) -> tuple[dict, dict]:
@@ -560,14 +489,9 @@ def run_stream(pipeline: PosePipeline, args: argparse.Namespace, out_dir: Path |
 
 def run(args: argparse.Namespace) -> int:
     """Do what the arguments ask; AppError for anything the user can fix."""
-    if args.verify:
-        return common.verify_command(HERE)
-    common._require_packages()
-    pipeline = open_pipeline(args)
-    if args.benchmark is not None:
-        for model in (pipeline.detector, pipeline.landmark):
-            print(json.dumps(benchmark(model, args.benchmark, args.warmup)), flush=True)
-        return EXIT_OK
+    code, pipeline = shared.start(args, HERE, open_pipeline, lambda p: (p.detector, p.landmark), benchmark)
+    if code is not None:
+        return code
     print(f"models {pipeline.detector.path.name} + {pipeline.landmark.path.name}: runtime "
           f"{pipeline.landmark.runtime}, delegate {pipeline.landmark.delegate}, up to {pipeline.num_poses} pose(s)",
           flush=True)

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """segzoo board application, point mode: SAM2 segments the object under point prompts on an STM32MP2 board.
 
-Shipped in a segzoo SAM2 bundle with ``segment.py`` (whose manifest check, image reading, camera pipeline and
-runtime loaders it reuses), the encoder and decoder ``.tflite`` files, ``sam2_config.json`` (input size, number of
-point inputs, normalization, mask threshold, and the order of each network's input and output tensors) and
-``manifest.json`` (``"models": {"encoder": ..., "decoder": ...}``). Needs no TensorFlow and no segzoo: numpy and
+Shipped in a segzoo SAM2 bundle with ``common.py`` (the networks' runtimes, the --verify and --benchmark modes) and
+``segment.py`` (manifest check, image reading, camera pipeline, runtime loaders), the encoder and decoder
+``.tflite`` files, ``sam2_config.json`` (input size, number of point inputs, normalization, mask threshold, and the
+order of each network's input and output tensors) and ``manifest.json`` (``"models": {"encoder": ...,
+"decoder": ...}``). Needs no TensorFlow and no segzoo: numpy and
 OpenCV. Each network runs with X-LINUX-AI's ``stai_mpu``, else a TFLite runtime with the VX delegate (NPU/GPU)
 when present, else on the CPU. The arithmetic repeats segzoo's ``tasks/promptable_segmentation.preprocess``
 (tests check both give the same mask): the longest image side resized to the model size and zero-padded at the
@@ -29,7 +30,6 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,19 +41,13 @@ MASK_COLOUR = (30, 144, 255)
 CLICK_COLOURS = {1: (0, 220, 0), 0: (230, 0, 0)}
 
 
-def _load_segment_app():
-    """``segment.py`` beside this file (manifest, images, streams, runtimes), loaded by path."""
-    spec = importlib.util.spec_from_file_location("segzoo_board_segment_common", HERE / "segment.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-common = _load_segment_app()
+_SPEC = importlib.util.spec_from_file_location("segzoo_board_common", HERE / "common.py")
+shared = importlib.util.module_from_spec(_SPEC)  # common.py: what pose.py and sam2_point.py share
+_SPEC.loader.exec_module(shared)
+common = shared.segment
 np, cv2 = common.np, common.cv2
 AppError = common.AppError
-EXIT_OK, EXIT_USAGE, EXIT_RUNTIME, EXIT_MODEL, EXIT_INPUT = (common.EXIT_OK, common.EXIT_USAGE, common.EXIT_RUNTIME,
-                                                             common.EXIT_MODEL, common.EXIT_INPUT)
+EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT = common.EXIT_OK, common.EXIT_USAGE, common.EXIT_MODEL, common.EXIT_INPUT
 
 
 # ------------------------------------------------------------------------------------------------- prompts
@@ -163,21 +157,13 @@ def render_overlay(image, mask, points: list, alpha: float):
 
 # ------------------------------------------------------------------------------------------------- models
 
-class Network:
-    """One network with several named inputs and outputs (stai_mpu or TFLite), bound by the tensor order that
-    ``sam2_config.json`` records; ``run`` takes and returns float32 arrays by name."""
+class Network(shared.BoardNetwork):
+    """One network with several named inputs and outputs (stai_mpu or TFLite, ``common.py``), bound by the tensor
+    order that ``sam2_config.json`` records; ``run`` takes and returns float32 arrays by name."""
 
     def __init__(self, path: Path, spec: dict, runtime: str, threads: int) -> None:
-        self.path, self.inputs, self.outputs = path, list(spec["inputs"]), list(spec["outputs"])
-        stai = common._import_stai() if runtime in ("auto", "stai_mpu") else None
-        if runtime == "stai_mpu" and stai is None:
-            raise AppError("stai_mpu is not installed (X-LINUX-AI: x-linux-ai -i python3-stai-mpu)", EXIT_RUNTIME)
-        try:
-            self._open_stai(stai) if stai is not None else self._open_tflite(runtime, threads)
-        except AppError:
-            raise
-        except Exception as exc:  # any loader failure: name the file and the cause
-            raise AppError(f"cannot load model {path.name}: {type(exc).__name__}: {exc}", EXIT_MODEL) from exc
+        self.inputs, self.outputs = list(spec["inputs"]), list(spec["outputs"])
+        super().__init__(path, None, runtime, threads)
         for what, names, shapes in (("inputs", self.inputs, self.input_shapes),
                                     ("outputs", self.outputs, self.output_shapes)):
             expected = [tuple(spec["shapes"][n]) for n in names]
@@ -186,55 +172,9 @@ class Network:
                                f"{[list(s) for s in expected]} ({', '.join(names)}); is it the bundle's model?",
                                EXIT_MODEL)
 
-    def _open_stai(self, stai_network) -> None:
-        self._net = stai_network(model_path=str(self.path), use_hw_acceleration=True)
-        ins, outs = self._net.get_input_infos(), self._net.get_output_infos()
-        self.input_shapes = [tuple(int(d) for d in i.get_shape()) for i in ins]
-        self.input_types = [(np.dtype(i.get_dtype()), common._stai_quantization(i)) for i in ins]
-        self.output_shapes = [tuple(int(d) for d in o.get_shape()) for o in outs]
-        self.output_quants = [common._stai_quantization(o) for o in outs]
-        self.runtime, self.delegate, self._mode = "stai_mpu", "vx_delegate (stai_mpu)", "stai"
-
-    def _open_tflite(self, runtime: str, threads: int) -> None:
-        found = common._import_tflite()
-        if found is None:
-            raise AppError("no inference runtime: install X-LINUX-AI's stai_mpu, or tflite_runtime, or ai-edge-litert",
-                           EXIT_RUNTIME)
-        module, interpreter_cls, load_delegate = found
-        delegate = common.vx_delegate_path() if runtime != "cpu" else None
-        delegates = []
-        if delegate:
-            try:
-                delegates = [load_delegate(delegate)]
-            except Exception as exc:  # a broken delegate falls back to the CPU, loudly
-                print(f"warning: cannot load the VX delegate {delegate} ({exc}); running on the CPU", file=sys.stderr)
-        kwargs = {"experimental_delegates": delegates} if delegates else {}
-        self._interp = interpreter_cls(model_path=str(self.path), num_threads=threads, **kwargs)
-        self._interp.allocate_tensors()
-        self._ins, self._outs = self._interp.get_input_details(), self._interp.get_output_details()
-        self.input_shapes = [tuple(int(d) for d in i["shape"]) for i in self._ins]
-        self.input_types = [(np.dtype(i["dtype"]), common._tflite_quantization(i)) for i in self._ins]
-        self.output_shapes = [tuple(int(d) for d in o["shape"]) for o in self._outs]
-        self.output_quants = [common._tflite_quantization(o) for o in self._outs]
-        self.runtime, self.delegate = module, f"vx_delegate ({os.path.basename(delegate)})" if delegates else "cpu"
-        self._mode = "tflite"
-
     def run(self, feed: dict) -> dict:
         """One inference: float inputs by name -> float32 outputs by name."""
-        tensors = [common.quantize(np.asarray(feed[n], np.float32), *self.input_types[i])
-                   for i, n in enumerate(self.inputs)]
-        if self._mode == "stai":
-            for i, tensor in enumerate(tensors):
-                self._net.set_input(i, tensor)
-            self._net.run()
-            raw = [np.asarray(self._net.get_output(index=i)) for i in range(len(self.outputs))]
-        else:
-            for detail, tensor in zip(self._ins, tensors):
-                self._interp.set_tensor(detail["index"], tensor)
-            self._interp.invoke()
-            raw = [self._interp.get_tensor(o["index"]) for o in self._outs]
-        return {name: common.dequantize(v, q) if q is not None else v.astype(np.float32, copy=False)
-                for name, v, q in zip(self.outputs, raw, self.output_quants)}
+        return dict(zip(self.outputs, self.forward([feed[n] for n in self.inputs])))
 
 
 class PointSegmenter:
@@ -305,15 +245,8 @@ def parse_args(argv: list | None) -> argparse.Namespace:
 
 def load_config(path: Path) -> dict:
     """The bundle's model configuration (written by segzoo)."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AppError(f"cannot read the configuration {path}: {exc}", EXIT_MODEL) from exc
-    missing = [k for k in ("image_size", "num_points", "resize_mode", "pixel_mean", "pixel_std", "mask_threshold",
-                           *ROLES) if k not in config]
-    if missing:
-        raise AppError(f"{path}: missing key(s) {', '.join(missing)}", EXIT_MODEL)
-    return config
+    return shared.load_config(path, ("image_size", "num_points", "resize_mode", "pixel_mean", "pixel_std",
+                                     "mask_threshold", *ROLES))
 
 
 def open_segmenter(args: argparse.Namespace) -> PointSegmenter:
@@ -374,14 +307,9 @@ def run_stream(segmenter: PointSegmenter, args: argparse.Namespace, out_dir: Pat
 
 def run(args: argparse.Namespace) -> int:
     """Do what the arguments ask; AppError for anything the user can fix."""
-    if args.verify:
-        return common.verify_command(HERE)
-    common._require_packages()
-    segmenter = open_segmenter(args)
-    if args.benchmark is not None:
-        for network in (segmenter.encoder, segmenter.decoder):
-            print(json.dumps(benchmark(network, args.benchmark, args.warmup)), flush=True)
-        return EXIT_OK
+    code, segmenter = shared.start(args, HERE, open_segmenter, lambda s: (s.encoder, s.decoder), benchmark)
+    if code is not None:
+        return code
     size = segmenter.config["image_size"]
     print(f"models {segmenter.encoder.path.name} + {segmenter.decoder.path.name}: input {size}x{size}, up to "
           f"{segmenter.config['num_points']} point(s), runtime {segmenter.encoder.runtime}, delegate "
