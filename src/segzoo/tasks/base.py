@@ -57,3 +57,25 @@ class Task(Protocol):
 
     def bundle(self, model: Path, out_dir: Path, nb_model: Path | None) -> Path:
         """Build the board application bundle of ``model`` in ``out_dir``; its folder."""
+
+
+def log_report(tracker: Any, metrics: dict[str, Any], paths: dict[str, Path], prefix: str = "",
+               section: str = "evaluation") -> None:
+    """The tail every task's report shares: ``metrics`` logged to MLflow with ``prefix`` (values that are None
+    left out) and each report file of ``paths`` logged as an artifact under ``section``."""
+    tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items() if v is not None})
+    for path in paths.values():
+        tracker.log_artifact(path, section)
+
+
+def prediction_images(cfg: Any) -> list[Path]:
+    """The images of ``prediction.test_files_path`` by name, at most ``prediction.max_images``; DataError naming
+    the folder and the suffixes looked for when there is none."""
+    from segzoo.data.layouts import IMAGE_SUFFIXES
+    from segzoo.errors import DataError
+
+    folder = Path(cfg.prediction.test_files_path)
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"prediction.test_files_path: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return images[: cfg.prediction.max_images or None]

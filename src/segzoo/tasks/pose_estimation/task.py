@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segzoo.errors import ConfigError, DataError
+from segzoo.errors import ConfigError
+from segzoo.tasks.base import log_report, prediction_images
 
 if TYPE_CHECKING:  # pragma: no cover
     from segzoo.quantization.quantize import QuantizationResult
@@ -167,9 +168,7 @@ class PoseEstimation:
                     paths["md"])
         metrics = mlflow_metrics(report)
         metrics["eval_images_per_second"] = report["keypoints"].get("images_per_second")
-        ctx.tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items() if v is not None})
-        for path in paths.values():
-            ctx.tracker.log_artifact(path, "evaluation")
+        log_report(ctx.tracker, metrics, paths, prefix)
         return {"model": str(model), **summary, "split": split, "dataset": report["dataset"]}
 
     def validation_metric(self, model: Path) -> float:
@@ -296,15 +295,10 @@ class PoseEstimation:
     # ------------------------------------------------------------------------------------------ prediction
     def predict(self, model: Path) -> dict:
         """Poses on every image of ``prediction.test_files_path``: skeleton overlays and keypoint JSON files."""
-        from segzoo.data.layouts import IMAGE_SUFFIXES
         from segzoo.tasks.pose_estimation.prediction import predict_poses
 
         cfg = self.ctx.cfg
-        folder = Path(cfg.prediction.test_files_path)
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise DataError(f"prediction.test_files_path: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-        images = images[: cfg.prediction.max_images or None]
+        images = prediction_images(cfg)
         files = self.files(model)
         pipeline = self.pipeline(files["detector"], files["landmark"])
         out_dir = self.ctx.run_dir / "predictions"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segzoo.errors import ConfigError, DataError
+from segzoo.tasks.base import log_report
 from segzoo.tasks.promptable_segmentation import data
 from segzoo.tasks.promptable_segmentation.models import ModelPair, find_pair, load_pair, write_info
 from segzoo.tasks.promptable_segmentation.timing import StageTimes
@@ -132,9 +133,7 @@ class PromptableSegmentation:
         metrics = {**per_click, "eval_instances": result["num_instances"],
                    "eval_encoder_ms": timings.get("encoder_median_ms"),
                    "eval_decoder_ms": timings.get("decoder_median_ms")}
-        ctx.tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items() if v is not None})
-        for path in paths.values():
-            ctx.tracker.log_artifact(path, "evaluation")
+        log_report(ctx.tracker, metrics, paths, prefix)
         logger.info("%s: 1-click mIoU %.2f%% over %d instances (%s)", model.name, 100 * result["one_click_miou"],
                     result["num_instances"], paths["md"])
         return {"model": str(model), "miou_1click": result["one_click_miou"], "miou": result["miou"],

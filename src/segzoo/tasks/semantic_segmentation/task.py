@@ -10,6 +10,7 @@ import numpy as np
 
 from segzoo.data.resolve import DataSpec, data_spec, training_and_validation
 from segzoo.errors import ConfigError, DataError
+from segzoo.tasks.base import log_report, prediction_images
 
 if TYPE_CHECKING:  # pragma: no cover
     from segzoo.data.layouts import Sample
@@ -17,7 +18,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 REPORT_PREFIX = {"model": "", "quantized": "quantized_"}
 
 
@@ -103,9 +103,7 @@ class SemanticSegmentation:
         metrics = {"eval_miou": m["miou"], "eval_pixel_accuracy": m["pixel_accuracy"],
                    "eval_mean_accuracy": m.get("mean_accuracy"), "eval_images_per_second": result.images_per_second}
         metrics.update({f"eval_iou_{name}": v for name, v in m["per_class_iou"].items() if v is not None})
-        ctx.tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()})
-        for path in paths.values():
-            ctx.tracker.log_artifact(path, "evaluation")
+        log_report(ctx.tracker, metrics, paths, prefix)
         return {"model": str(model), "miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
                 "per_class_iou": m["per_class_iou"], "split": split, "dataset": dataset,
                 "images": result.num_images, "skipped": len(result.skipped)}
@@ -190,11 +188,7 @@ class SemanticSegmentation:
         from segzoo.runners import load_runner
 
         cfg = self.ctx.cfg
-        folder = Path(cfg.prediction.test_files_path)
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise DataError(f"prediction.test_files_path: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-        images = images[: cfg.prediction.max_images or None]
+        images = prediction_images(cfg)
         runner = load_runner(model, num_threads=cfg.general.num_threads_tflite)
         out_dir = self.ctx.run_dir / "predictions"
         skipped: list[dict] = []
@@ -207,8 +201,7 @@ class SemanticSegmentation:
         logger.info("Wrote %d predictions to %s (%d unreadable images skipped; %s)", len(rows), out_dir,
                     len(skipped), report["md"])
         self.ctx.tracker.log_artifact(out_dir, "predictions")
-        for path in report.values():
-            self.ctx.tracker.log_artifact(path, "predictions")
+        log_report(self.ctx.tracker, {}, report, section="predictions")
         return {"images": len(rows), "folder": str(out_dir), "skipped": len(skipped), "report": str(report["json"])}
 
     # ------------------------------------------------------------------------------------------ deployment
