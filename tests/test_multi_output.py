@@ -72,7 +72,7 @@ def test_several_outputs_resume_with_optimizer_state(toy_registered, tmp_path, d
 
     first = tmp_path / "first"
     run(_toy_config(tmp_path, dataset_root, epochs=1), run_dir=first)
-    assert (first / "saved_models" / "last_state.weights.h5").is_file()
+    assert (first / "saved_models" / "state_epoch_0001.weights.h5").is_file()
     resumed = run(_toy_config(tmp_path, dataset_root, epochs=2, resume_training_from=str(first)),
                   run_dir=tmp_path / "second")
     assert resumed["training"]["epochs"] == 2

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import keras
 
-from segzoo.io import atomic_path, write_json
-from segzoo.training.state import STATE_FILE, STATE_WEIGHTS
+from segzoo.io import atomic_path, recorded_sha256, sidecar_path, write_json
+from segzoo.training.state import STATE_FILE, STATE_WEIGHTS, STATE_WEIGHTS_GLOB, state_weights_name
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +18,10 @@ logger = logging.getLogger(__name__)
 class Checkpoints(keras.callbacks.Callback):
     """Atomic checkpoints of the trained network, every epoch, with the state to resume from.
 
-    Every epoch: ``last_model.keras`` (the network, with any training-only heads), ``last_state.weights.h5`` (the
-    network and the optimizer's variables) and ``training_state.json`` (epochs done, best value). On improvement of
+    Every epoch: ``last_model.keras`` (the network, with any training-only heads), ``state_epoch_<N>.weights.h5``
+    (the network and the optimizer's variables) and, last, ``training_state.json`` (epochs done, best value, the
+    name and sha256 of that weights file); the previous weights file is removed after the state names the new one,
+    so a kill at any point leaves a state and weights of the same epoch (``segzoo.training.state``). On improvement of
     ``monitor``: ``best_model.keras``, the exported model (training heads dropped) that evaluation, quantization and
     deployment use, and, for networks with training heads, ``best_checkpoint.keras`` (the network itself).
     """
@@ -45,10 +47,6 @@ class Checkpoints(keras.callbacks.Callback):
     def last_path(self) -> Path:
         return self.saved_dir / "last_model.keras"
 
-    @property
-    def state_path(self) -> Path:
-        return self.saved_dir / STATE_WEIGHTS
-
     def _improved(self, value: float) -> bool:
         if self.best is None:
             return True
@@ -69,10 +67,20 @@ class Checkpoints(keras.callbacks.Callback):
             else:
                 _save(network, self.best_path)
         _save(network, self.last_path)
-        with atomic_path(self.state_path, suffix=".weights.h5") as tmp:
+        self._save_state(epoch + 1)
+
+    def _save_state(self, epochs_done: int) -> None:
+        """The weights of this epoch, then the state that names them (written last), then the older weights go."""
+        weights = self.saved_dir / state_weights_name(epochs_done)
+        with atomic_path(weights, suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp)
-        write_json(self.saved_dir / STATE_FILE, {"epochs_done": epoch + 1, "monitor": self.monitor,
-                                                 "best": self.best, "best_epoch": self.best_epoch})
+        write_json(self.saved_dir / STATE_FILE, {"epochs_done": epochs_done, "monitor": self.monitor,
+                                                 "best": self.best, "best_epoch": self.best_epoch,
+                                                 "weights": weights.name, "weights_sha256": recorded_sha256(weights)})
+        for old in [*self.saved_dir.glob(STATE_WEIGHTS_GLOB), self.saved_dir / STATE_WEIGHTS]:
+            if old != weights:
+                old.unlink(missing_ok=True)
+                sidecar_path(old).unlink(missing_ok=True)
 
 
 def _save(model: keras.Model, path: Path) -> None:

@@ -23,7 +23,7 @@ from segzoo.training.loop import broadcast_from_chief, sync_variables_from_chief
 from segzoo.training.losses import IgnoreAwareCrossEntropy
 from segzoo.training.metrics import StreamingMeanIoU
 from segzoo.training.precision import with_precision, wrap_optimizer
-from segzoo.training.state import STATE_WEIGHTS, read_resumable_state
+from segzoo.training.state import read_resumable_state
 from segzoo.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ CUSTOM_OBJECTS = {"IgnoreAwareCrossEntropy": IgnoreAwareCrossEntropy, "Streaming
 @dataclass
 class Start:
     """Where training starts: the network, an optimizer that comes with it (0.1 runs), the epochs done, the best
-    value, the restart state (relaunch) or the saved models of the run resumed from (``resume_training_from``)."""
+    value, the restart state (relaunch) or the saved models of the run resumed from (``resume_training_from``)
+    with the weights file of its state (None for 0.1 runs, whose optimizer comes with the network)."""
 
     network: keras.Model
     optimizer: keras.optimizers.Optimizer | None = None
@@ -43,6 +44,7 @@ class Start:
     best: float | None = None
     restart: dict | None = None
     resumed_from: Path | None = None
+    resumed_weights: Path | None = None
 
 
 def _resume_source(cfg: Config) -> tuple[Path, dict] | None:
@@ -53,14 +55,15 @@ def _resume_source(cfg: Config) -> tuple[Path, dict] | None:
     return Path(source) / cfg.general.saved_models_dir, state
 
 
-def _restored(saved_src: Path) -> tuple[keras.Model, keras.optimizers.Optimizer | None]:
-    """The last network of a run and, for runs of segzoo 0.1 (compiled checkpoints), its optimizer."""
+def _restored(saved_src: Path, weights: Path | None) -> tuple[keras.Model, keras.optimizers.Optimizer | None]:
+    """The last network of a run and, for runs of segzoo 0.1 (compiled checkpoints, no state ``weights``), its
+    optimizer."""
     from segzoo.models.registry import custom_objects
 
     objects = {**custom_objects(), **CUSTOM_OBJECTS}
     path = verified(saved_src / "last_model.keras")
     try:
-        if (saved_src / STATE_WEIGHTS).is_file():
+        if weights is not None:
             return keras.saving.load_model(path, compile=False, custom_objects=objects), None
         legacy = keras.saving.load_model(path, custom_objects=objects)
     except Exception as exc:  # Keras raises many types for unreadable files
@@ -74,17 +77,19 @@ def find_start(cfg: Config, spec: DataSpec, run_dir: Path, dist: Distribution, m
     restart = read_backup(run_dir / BACKUP_DIR) if dist.is_chief else None
     resume = _resume_source(cfg)
     if restart:
-        network, optimizer = _restored(resume[0]) if resume else (build_or_load_model(cfg, spec.num_classes), None)
+        network, optimizer = (_restored(resume[0], resume[1]["weights_path"]) if resume
+                              else (build_or_load_model(cfg, spec.num_classes), None))
         best = restart.get("callbacks", {}).get("Checkpoints", {}).get("best")
         logger.info("Restarting %s after epoch %d (restart state %s)", run_dir, restart["epochs_done"],
                     restart["weights_path"])
         return Start(network, optimizer, int(restart["epochs_done"]), best, restart=restart)
     if resume:
         saved_src, state = resume
-        network, optimizer = _restored(saved_src)
-        logger.info("Resuming from %s after epoch %d (best %s %s)", saved_src, state["epochs_done"], monitor,
-                    state.get("best"))
-        return Start(network, optimizer, int(state["epochs_done"]), state.get("best"), resumed_from=saved_src)
+        network, optimizer = _restored(saved_src, state["weights_path"])
+        logger.info("Resuming from %s after epoch %d (best %s %s; state %s)", saved_src, state["epochs_done"],
+                    monitor, state.get("best"), state["weights_path"] or "of the compiled checkpoint")
+        return Start(network, optimizer, int(state["epochs_done"]), state.get("best"), resumed_from=saved_src,
+                     resumed_weights=state["weights_path"])
     return Start(build_or_load_model(cfg, spec.num_classes))
 
 
@@ -113,8 +118,8 @@ def restore_state(trainer: Trainer, start: Start) -> None:
         folder = start.restart["weights_path"].parent
         restore_trainer(trainer, start.restart["weights_path"],
                         f"delete {folder} to train this run from the start, or use a new hydra.run.dir")
-    elif start.resumed_from and start.optimizer is None:
-        restore_trainer(trainer, start.resumed_from / STATE_WEIGHTS,
+    elif start.resumed_weights is not None:
+        restore_trainer(trainer, start.resumed_weights,
                         "training.resume_training_from needs the model, optimizer and precision of that run")
 
 

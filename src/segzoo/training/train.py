@@ -192,7 +192,7 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, dist: Distribution, start: Star
     logs_dir.mkdir(parents=True, exist_ok=True)
     if start.resumed_from:
         _carry_over(start.resumed_from, saved_dir, Path(cfg.training.resume_training_from) / cfg.general.logs_dir,
-                    logs_dir)
+                    logs_dir, start.resumed_weights)
 
 
 def _result(cfg: Config, run_dir: Path, dist: Distribution, checkpoints: Checkpoints, monitor: str,
@@ -240,9 +240,12 @@ def _schedule_callbacks(cfg: Config, monitor: str, num_replicas: int) -> list[ke
     return callbacks
 
 
-def _carry_over(saved_src: Path, saved_dir: Path, logs_src: Path, logs_dir: Path) -> None:
-    """Copy the resumed run's best models, state and CSV log into this run."""
-    for name in ("best_model.keras", "best_checkpoint.keras", "training_state.json"):
+def _carry_over(saved_src: Path, saved_dir: Path, logs_src: Path, logs_dir: Path, weights: Path | None) -> None:
+    """Copy the resumed run's best models, state (its weights first: the state names them) and CSV log into this
+    run, so that this run can itself be resumed before its first epoch ends."""
+    if weights is not None:
+        copy_file(weights, saved_dir / weights.name)
+    for name in ("best_model.keras", "best_checkpoint.keras", "last_model.keras", "training_state.json"):
         if (saved_src / name).exists():
             copy_file(saved_src / name, saved_dir / name)
     if (logs_src / "training_log.csv").exists():
