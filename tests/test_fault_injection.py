@@ -2,7 +2,7 @@
 outputs as an uninterrupted run; a full disk gives a clear error and leaves nothing corrupt.
 
 The quick tests interrupt a deployment; the ``heavy`` ones (run by ``.ci/run`` after the quick suite) interrupt a
-quantization and fill a real tmpfs. ``tests/benchmarks/bench_reliability.py`` runs 20+ random kill points.
+quantization and a training (relaunched in the same run directory, or resumed) and fill a real tmpfs. ``tests/benchmarks/bench_reliability.py`` runs 20+ random kill points.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fault_injection import (deployment_scenario, epochs_saved, kill_and_rerun, quantization_scenario, reference,
-                             run, training_scenario, write_config)
+                             run, training_outcome, training_scenario, write_config)
 from reliability_helpers import conv_model, run_dir_problems
 
 from segzoo.errors import OutputError
@@ -52,35 +52,45 @@ def test_quantization_killed_at_random_points_then_rerun(tmp_path) -> None:
         assert result.ok, result
 
 
+SHORT_TRAINING = {"epochs": 3, "steps_per_epoch": 5, "output_stride": 16, "learning_rate": 0.003}
+"""Three short epochs: enough for a kill in an epoch, at a checkpoint and a rerun, compared epoch by epoch."""
+
+
+def _same_epochs_as(reference_dir: Path, run_dir: Path) -> None:
+    """Every epoch logged once, with the loss and validation mIoU of the uninterrupted run (a CPU training with the
+    same seed is deterministic: a rerun that restarted from the wrong weights or epoch would differ)."""
+    ours, theirs = training_outcome(run_dir), training_outcome(reference_dir)
+    assert ours["epochs"] == theirs["epochs"] and ours["epochs_done"] == theirs["epochs_done"]
+    for row, expected in zip(ours["rows"], theirs["rows"]):
+        for key in ("loss", "val_loss", "val_miou"):
+            assert float(row[key]) == pytest.approx(float(expected[key]), abs=1e-5), (row["epoch"], key)
+    assert ours["eval_miou"] == pytest.approx(theirs["eval_miou"], abs=1e-5)
+
+
 @pytest.mark.heavy
-def test_training_killed_during_an_epoch_and_at_a_checkpoint_write_then_resumed(tmp_path) -> None:
-    """Killed in its 2nd epoch (after the 1st checkpoint) and at a publication of its 3rd epoch's checkpoint files:
-    resumed with training.resume_training_from, the same epochs, each logged once, and the mIoU within tolerance."""
-    scenario = training_scenario(tmp_path / "datasets", epochs=3, steps_per_epoch=5)
+def test_training_killed_in_an_epoch_and_at_checkpoint_writes_then_relaunched_or_resumed(tmp_path) -> None:
+    """kill -9 in epoch 2 and at the publication of epoch 2's restart state, then the same command in the same
+    hydra.run.dir (restart state in <run dir>/backup); kill -9 between epoch 2's weights and its training state,
+    then training.resume_training_from. Each finishes with the same epochs as the uninterrupted run, at most one
+    epoch of work lost, nothing half-written, and the very same losses and mIoU epoch by epoch."""
+    scenario = training_scenario(tmp_path / "datasets", **SHORT_TRAINING)
     reference_dir, _, _ = reference(scenario, tmp_path)
-    during_epoch = kill_and_rerun(scenario, tmp_path, reference_dir, "epoch2", when="in epoch 2",
-                                  kill_when=lambda run_dir: epochs_saved(run_dir) >= 1)
-    assert during_epoch.killed and during_epoch.resumed and during_epoch.ok, during_epoch
-    count_file = tmp_path / "kill_at.count"
-    at_write = kill_and_rerun(scenario, tmp_path, reference_dir, "write3", when="at a checkpoint write of epoch 3",
-                              kill_at=_first_publication_after(scenario, tmp_path, count_file, epochs=2))
-    assert at_write.killed and at_write.resumed and at_write.ok, at_write
+    in_epoch = kill_and_rerun(scenario, tmp_path, reference_dir, "epoch2", when="in epoch 2",
+                              kill_when=lambda run_dir: epochs_saved(run_dir) >= 1)
+    assert in_epoch.killed and in_epoch.how == "relaunch" and in_epoch.ok, in_epoch
+    assert in_epoch.restarted_after >= 1 and in_epoch.lost_epochs <= 1, in_epoch
+    _same_epochs_as(reference_dir, tmp_path / "training_epoch2")
 
+    at_backup = kill_and_rerun(scenario, tmp_path, reference_dir, "backup2", kill_of="state.json:2")
+    assert at_backup.killed and at_backup.how == "relaunch" and at_backup.ok, at_backup
+    assert (at_backup.completed_at_kill, at_backup.restarted_after) == (2, 1), at_backup  # one epoch trained again
+    _same_epochs_as(reference_dir, tmp_path / "training_backup2")
 
-def _first_publication_after(scenario, folder: Path, count_file: Path, epochs: int) -> int:  # noqa: ANN001
-    """The number of the first publication made after ``epochs`` epochs were checkpointed (watched on a run)."""
-    seen = []
-
-    def note(run_dir: Path) -> bool:
-        if epochs_saved(run_dir) >= epochs and not seen:
-            try:
-                seen.append(int(count_file.read_text()))
-            except ValueError:  # caught while the runner rewrites it: read it at the next poll
-                pass
-        return False
-
-    run(write_config(scenario, folder), folder / "training_counting", kill_when=note, count_file=count_file)
-    return seen[0] + 1
+    at_state = kill_and_rerun(scenario, tmp_path, reference_dir, "state2", kill_of="training_state.json:2",
+                              resume=True)
+    assert at_state.killed and at_state.how == "resume" and at_state.ok, at_state
+    assert at_state.restarted_after == 1, at_state  # the state of epoch 1, with the weights of epoch 1
+    _same_epochs_as(reference_dir, tmp_path / "training_state2_resumed")
 
 
 def _mount_tmpfs(folder: Path, size_kb: int) -> bool:
@@ -100,7 +110,7 @@ def _full_disk_scenario(name: str, tmp_path: Path):  # noqa: ANN202 - a fault_in
         return deployment_scenario(conv_model(tmp_path / "deeplab.tflite", classes=5), CLASSES)
     if name == "quantization":
         return quantization_scenario(conv_model(tmp_path / "seg5.tflite", classes=5), tmp_path / "datasets")
-    return training_scenario(tmp_path / "datasets", epochs=1, steps_per_epoch=2)
+    return training_scenario(tmp_path / "datasets", **{**SHORT_TRAINING, "epochs": 1, "steps_per_epoch": 2})
 
 
 @pytest.mark.heavy
