@@ -126,17 +126,41 @@ def test_residual_keys_default_off_and_reach_the_report() -> None:
 
     from conftest import REPO
     from segzoo.config import load_config
+    from segzoo.errors import ConfigError
     from segzoo.quantization.report import _formatting
 
     data = yaml.safe_load((REPO / "user_config.yaml").read_text())
     q = load_config(data).quantization
     assert (q.residual_equalization, q.dead_inputs) == (False, False)
-    data["quantization"] = {"residual_equalization": True, "dead_inputs": True}
+    assert q.relu6_cap_growth == 2.0
+    data["quantization"] = {"residual_equalization": True, "dead_inputs": True, "relu6_cap_growth": 8}
     q = load_config(data).quantization
-    assert (q.residual_equalization, q.dead_inputs) == (True, True)
-    text = _formatting({"residual_streams": 8, "residual_stream_convolutions": 74,
+    assert (q.residual_equalization, q.dead_inputs, q.relu6_cap_growth) == (True, True, 8)
+    data["quantization"] = {"relu6_cap_growth": 0.5}
+    with pytest.raises(ConfigError, match="quantization.relu6_cap_growth"):
+        load_config(data)
+    text = _formatting({"residual_streams": 8, "residual_stream_convolutions": 74, "channel_relus": 76,
+                        "cap_growth": 8.0,
                         "dead_channels": {"weight_dead": 1, "calibration_dead": 2, "left": 0, "dead_inputs": 466}})
     assert "8 residual streams equalized (74 convolutions)" in text and "466 weight input channels" in text
+    assert "76 ReLU6 turned into per-channel caps (raised at most x8)" in text
+
+
+def test_cap_growth_bounds_how_far_clip_raises_a_cap() -> None:
+    """``relu6="clip"``: channel 1 of the stream wants its cap raised ~7x; ``cap_growth`` 2 stops it at 12, 8 lets
+    it go further; both stay exact for every input."""
+    from segzoo.quantization.formatting import optimize_for_per_tensor
+
+    model = residual_model()
+    x = np.random.default_rng(8).uniform(-1, 4, (2, 12, 12, 3)).astype(np.float32)
+    caps = {}
+    for growth in (2.0, 8.0):
+        clip, report = optimize_for_per_tensor(model, relu6="clip", dead_channels="off", residual=True,
+                                               cap_growth=growth)
+        assert report["cap_growth"] == growth
+        caps[growth] = float(clip.get_layer("r2").get_weights()[0][1])
+        np.testing.assert_allclose(np.asarray(clip(x)), np.asarray(model(x)), atol=1e-5 * np.abs(model(x)).max())
+    assert caps[2.0] <= 12.0 + 1e-6 and caps[8.0] > 1.5 * caps[2.0]
 
 
 @pytest.mark.heavy

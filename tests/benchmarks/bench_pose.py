@@ -110,13 +110,15 @@ OPTION_ROWS: dict[str, dict] = {
     "headroom + residual": {"relu6": "headroom", "residual": True},
     "headroom + res + dead in": {"relu6": "headroom", "residual": True, "dead_inputs": True},
     "clip + residual": {"relu6": "clip", "residual": True},
+    "clip x8 + residual": {"relu6": "clip", "residual": True, "cap_growth": 8.0},
 }
 """Rows of segzoo's steps with the formatting options ``quantization.residual_equalization`` (``residual``) and
-``quantization.dead_inputs`` (``dead_inputs``), by ``relu6_equalization`` mode."""
+``quantization.dead_inputs`` (``dead_inputs``) and ``quantization.relu6_cap_growth`` (``cap_growth``), by
+``relu6_equalization`` mode."""
 
 
 def quantize_defaults(models: dict, batches: dict[str, np.ndarray], out_dir: Path, relu6: str,
-                      **options: bool) -> dict[str, Path]:
+                      **options: bool | float) -> dict[str, Path]:
     """Both models through segzoo's default per-tensor steps (formatting with ``relu6_equalization: relu6`` and
     ``options``, constant channels, MSE activation ranges, bias correction), float I/O."""
     from segzoo.quantization import bias_correction, converter, ranges
@@ -124,7 +126,7 @@ def quantize_defaults(models: dict, batches: dict[str, np.ndarray], out_dir: Pat
     from segzoo.quantization.quantize import LAYER_ERROR_IMAGES, representative
 
     out = {}
-    tag = "_".join([relu6, *sorted(k for k, v in options.items() if v)])
+    tag = "_".join([relu6, *sorted(f"{k}{v if v is not True else ''}" for k, v in options.items() if v)])
     for role, model in models.items():
         start = time.perf_counter()
         model, report = optimize_for_per_tensor(model, batches[role][:LAYER_ERROR_IMAGES], relu6=relu6, **options)

@@ -92,6 +92,7 @@ RANGES: MappingProxyType[str, Range] = MappingProxyType({
     "quantization.mixed_precision.validation_images": AT_LEAST_1,
     "quantization.activation_percentile": Range(50, 100),
     "quantization.adaround_iterations": AT_LEAST_1,
+    "quantization.relu6_cap_growth": Range(1, 1000),
     "quantization.qat.epochs": AT_LEAST_1,
     "quantization.qat.learning_rate": Range(0, 10, low_open=True),
     "quantization.qat.steps_per_epoch": AT_LEAST_1,

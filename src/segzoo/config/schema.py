@@ -212,6 +212,7 @@ class QuantizationConfig:
     dead_channels: Literal["off", "exact", "calibration"] = "calibration"
     dead_inputs: bool = False
     residual_equalization: bool = False
+    relu6_cap_growth: float = 2.0
     activation_ranges: Literal["minmax", "percentile", "mse"] = "mse"
     activation_percentile: float = 99.99
     bias_correction: bool = True

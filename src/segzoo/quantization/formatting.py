@@ -151,6 +151,8 @@ class _Graph:
     outputs: list[str]
     model: Any
     alias: dict[str, str] = field(default_factory=dict)
+    cap_growth: float = 2.0
+    """``relu6="clip"``: how far equalization may raise a ReLU6 channel's cap (``MAX_CAP_GROWTH`` by default)."""
 
     def resolve(self, name: str) -> str:
         while name in self.alias:
@@ -553,7 +555,7 @@ def _min_scales(graph: _Graph, group: _Group, size: int) -> np.ndarray:
         relu = graph.nodes[rname]
         if _relu_kind(relu, "clip") == "capped":
             caps = _ensure_caps(relu)[offset:offset + size]
-            low = np.maximum(low, caps / (relu.base_caps[offset:offset + size] * MAX_CAP_GROWTH))
+            low = np.maximum(low, caps / (relu.base_caps[offset:offset + size] * graph.cap_growth))
     return low
 
 
@@ -761,14 +763,15 @@ def _validate_calibration(calibration: np.ndarray | None, model: keras.Model) ->
 
 def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None = None, *,
                             relu6: str = "clip", dead_channels: str = "calibration", dead_inputs: bool = False,
-                            residual: bool = False) -> tuple[keras.Model, dict]:
+                            residual: bool = False, cap_growth: float = MAX_CAP_GROWTH) -> tuple[keras.Model, dict]:
     """A functionally equivalent model whose weights quantize well per-tensor, and a report of what was done.
 
     Steps (module docstring): BatchNorm folding, constant-channel folding (``dead_channels``: ``"off"``,
     ``"exact"`` weight-dead channels only, ``"calibration"`` also channels dead on the calibration images, and with
     ``dead_inputs`` the consumer weights reading ReLU channels dead on them; see
     :mod:`segzoo.quantization.dead_channels`), cross-layer equalization (``relu6``: ``"clip"``, ``"skip"`` or
-    ``"headroom"``, the latter within the calibration images' headroom below each ReLU6 cap; with ``residual``
+    ``"headroom"``, the latter within the calibration images' headroom below each ReLU6 cap; ``"clip"`` raises a
+    cap by at most ``cap_growth``; with ``residual``
     also across residual streams, :func:`find_residual_groups`),
     bias absorption when ``calibration`` (preprocessed float32 ``[N,H,W,C]``) is given. The input model is not
     modified. Report keys: ``bn_folded``, ``bn_left``, ``cle_groups``, ``cle_pairs``, ``cle_sweeps``,
@@ -786,8 +789,11 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
     if dead_channels not in DEAD_CHANNEL_MODES:
         raise ModelError(f"dead_channels={dead_channels!r} is not supported; choose one of "
                          f"{', '.join(DEAD_CHANNEL_MODES)}.")
+    if not cap_growth >= 1.0:
+        raise ModelError(f"cap_growth={cap_growth!r}: a ReLU6 cap may grow by a factor of at least 1.0.")
     calibration = _validate_calibration(calibration, model)
     graph, calls = _read_graph(model)
+    graph.cap_growth = float(cap_growth)
     folded, left = fold_batch_norms(graph)
     dead = None
     if dead_channels != "off":
@@ -811,6 +817,7 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
         "biases_absorbed": absorbed,
         "dead_channels": dead,
         "relu6": relu6,
+        "cap_growth": float(cap_growth),
         "relu6_headroom_pairs": sum(len(g.consumers) for g in groups if g.bounds is not None),
         "residual_streams": sum(1 for g in groups if id(g) in stream_ids),
         "residual_stream_convolutions": sum(len(g.producers) + len(g.consumers) for g in groups

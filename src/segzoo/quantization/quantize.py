@@ -164,7 +164,8 @@ def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibrati
             model, formatting = optimize_for_per_tensor(model, batch[:LAYER_ERROR_IMAGES],
                                                          relu6=q.relu6_equalization, dead_channels=q.dead_channels,
                                                          dead_inputs=q.dead_inputs,
-                                                         residual=q.residual_equalization)
+                                                         residual=q.residual_equalization,
+                                                         cap_growth=q.relu6_cap_growth)
         logger.info("Formatting for per-tensor quantization: %s", formatting)
     learned = None
     if q.quantization_type == "qat":

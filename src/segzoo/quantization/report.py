@@ -198,7 +198,8 @@ def _formatting(formatting: dict | None) -> str:
              "the float model is unchanged on the calibration images, statistically elsewhere")
     return (f"{formatting.get('bn_folded', 0)} batch norms folded, {dead_text}, {formatting.get('cle_pairs', 0)} "
             f"layer pairs equalized in {formatting.get('cle_sweeps', 0)} sweeps, "
-            f"{formatting.get('channel_relus', 0)} ReLU6 turned into per-channel caps, "
+            f"{formatting.get('channel_relus', 0)} ReLU6 turned into per-channel caps"
+            f"{' (raised at most x%g)' % formatting['cap_growth'] if formatting.get('channel_relus') else ''}, "
             f"{formatting.get('relu6_headroom_pairs', 0)} pairs equalized across a ReLU6 within the calibration "
             f"headroom, {formatting.get('residual_streams', 0)} residual streams equalized "
             f"({formatting.get('residual_stream_convolutions', 0)} convolutions), "
