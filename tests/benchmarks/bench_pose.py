@@ -4,6 +4,7 @@ Run by hand (not collected by pytest)::
 
     python tests/benchmarks/bench_pose.py [--threads N] [--rounds 5] [--mask-images 20] [--calibration 16]
                                           [--num-poses 3] [--float-only] [--segzoo-steps-only] [--out DIR]
+                                          [--option-rows ROW ...] [--skip-default-rows]
 
 1. **Latency** (this host, LiteRT, float models): the pipeline on the 4 real COCO images of
    ``../shared/datasets/coco_keypoints_mmpose``, ``--rounds`` passes; median ms of every stage (letterbox,
@@ -177,6 +178,10 @@ def main() -> int:
     parser.add_argument("--float-only", action="store_true", help="latency and the float row only")
     parser.add_argument("--segzoo-steps-only", action="store_true",
                         help="only the rows of segzoo's steps (relu6 skip and headroom, and the option rows)")
+    parser.add_argument("--option-rows", nargs="*", choices=list(OPTION_ROWS), default=list(OPTION_ROWS),
+                        metavar="ROW", help=f"which option rows to run (default all: {', '.join(OPTION_ROWS)})")
+    parser.add_argument("--skip-default-rows", action="store_true",
+                        help="with --segzoo-steps-only: leave out the relu6 skip/headroom rows")
     parser.add_argument("--out", type=Path, help="keep the quantized models here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -215,11 +220,12 @@ def main() -> int:
                 rows["segzoo per-tensor"] = formatted
                 rows["  int8 detector only"] = {"detector": formatted["detector"], "landmark": landmark}
                 rows["  int8 landmark only"] = {"detector": detector, "landmark": formatted["landmark"]}
-            for relu6 in ("skip", "headroom"):
+            for relu6 in () if args.skip_default_rows else ("skip", "headroom"):
                 pair = quantize_defaults(models, batches, out_dir, relu6)
                 rows[f"segzoo steps, relu6 {relu6}"] = pair
                 rows[f"  {relu6}: int8 landmark only"] = {"detector": detector, "landmark": pair["landmark"]}
-            for name, options in OPTION_ROWS.items():
+            for name in args.option_rows:
+                options = OPTION_ROWS[name]
                 pair = quantize_defaults(models, batches, out_dir, **options)
                 rows[name] = pair
                 rows[f"  {name}: landmark only"] = {"detector": detector, "landmark": pair["landmark"]}
@@ -232,7 +238,7 @@ def main() -> int:
             print(f"  {name:22s} {r['oks']:9.4f} {r['ap']:7.4f} {r['pck']:8.4f} {r['mask_iou']:9.4f}  {r['found_oks']}")
         print("\n## STM32MP257 estimate of the int8 models")
         for name in ("ptq per-tensor", "ptq per-channel", "segzoo per-tensor", "segzoo steps, relu6 headroom",
-                     *OPTION_ROWS):
+                     *args.option_rows):
             for role, path in rows.get(name, {}).items():
                 print(f"  {name:18s} {role:9s} {stm32mp2(path)}")
     return 0
