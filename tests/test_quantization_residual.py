@@ -165,23 +165,41 @@ def test_cap_growth_bounds_how_far_clip_raises_a_cap() -> None:
 
 @pytest.mark.heavy
 def test_real_landmark_model_keeps_its_outputs_on_real_crops() -> None:
-    """MediaPipe's pose landmark model (real file, real COCO person crops): residual equalization across ReLU6
-    (headroom) and dead inputs keep every output within 1e-3 of its range on the calibration crops; the model has
-    residual streams that plain CLE skipped."""
+    """MediaPipe's pose landmark model (real file, real COCO person crops): ``clip`` with residual streams and cap
+    growth 8 (the example config's formatting, here without calibration statistics) keeps every output within
+    1e-3 of its range on every crop; ``headroom`` across the streams with dead inputs keeps them on the
+    calibration crops. The model has 8 residual streams that plain CLE skipped. (Bias absorption and
+    calibration-dead channels, which the quantization step adds with its calibration images, are exact on
+    those images only: on 4 held-out crops the landmarks moved by up to 5% of their range.)"""
     from segzoo.quantization.formatting import optimize_for_per_tensor
     from segzoo.quantization.quantize import load_float_model
     from segzoo.runtime.litert import LiteRTRunner
     from segzoo.tasks.pose_estimation.calibration import calibration_inputs
+    from segzoo.tasks.pose_estimation.evaluation import person_mask_samples
     from segzoo.tasks.pose_estimation.pipeline import PosePipeline
     from segzoo.tasks.pose_estimation.preset import MEDIAPIPE_POSE_FULL
 
     folder = shared_path("pretrained", "mediapipe_pose")
-    photos = sorted(shared_path("datasets", "coco128_semseg", "images", "train2017").glob("*.jpg"))
+    coco = shared_path("datasets", "coco128_semseg")
+    photos = [sample.image for sample in person_mask_samples(coco / "images" / "train2017",
+                                                             coco / "semantic_segmentation" / "masks" / "train2017")]
     detector, landmark = MEDIAPIPE_POSE_FULL.paths(folder)
     pipeline = PosePipeline(MEDIAPIPE_POSE_FULL, LiteRTRunner(detector, 2), LiteRTRunner(landmark, 2))
-    crops = calibration_inputs(pipeline, photos[:24])["landmark"][:8]
+    crops = calibration_inputs(pipeline, photos[:30])["landmark"]
+    calib = crops[:16]
     model = load_float_model(landmark)
-    optimized, report = optimize_for_per_tensor(model, crops, relu6="headroom", dead_inputs=True, residual=True)
-    assert report["residual_streams"] >= 5 and report["dead_channels"]["dead_inputs"] > 100
-    for ref, out in zip(model.predict(crops, verbose=0), optimized.predict(crops, verbose=0)):
-        assert np.abs(ref - out).max() <= 1e-3 * (ref.max() - ref.min())
+
+    def within(optimized: "keras.Model", images: np.ndarray, tolerance: float) -> None:
+        for ref, out in zip(model.predict(images, verbose=0), optimized.predict(images, verbose=0)):
+            relative = np.abs(ref - out).max() / (ref.max() - ref.min())
+            assert relative <= tolerance, (ref.shape, len(images), relative)
+
+    # clip + residual streams, no calibration statistics: exact for every input
+    exact, report = optimize_for_per_tensor(model, relu6="clip", dead_channels="exact", residual=True,
+                                            cap_growth=8.0)
+    assert report["residual_streams"] == 8 and report["channel_relus"] == 76 and report["exact"] is True
+    within(exact, crops, 1e-3)
+    # headroom across the streams' ReLU6 and dead inputs: exact on the calibration crops
+    head, report = optimize_for_per_tensor(model, calib, relu6="headroom", dead_inputs=True, residual=True)
+    assert report["residual_streams"] == 8 and report["dead_channels"]["dead_inputs"] > 20
+    within(head, calib, 1e-3)
