@@ -139,54 +139,85 @@ def faults(kills: dict[str, int], seed: int, root: Path, repeats: int = 3, other
              kills["quantization"]),
             (training_scenario(datasets), kills["training"])]
     results: list[KillResult] = []
+    identical: list[tuple[bool | None, bool]] = []
     for scenario, count in jobs:
         if not count:
             continue
         folder = root / scenario.name
-        reference_dir, published, seconds = reference(scenario, folder)
+        saved_at: dict[int, float] = {}
+        reference_dir, published, seconds = reference(scenario, folder, watch=_epoch_times(saved_at))
         print(f"  {scenario.name}: uninterrupted run {seconds:.1f} s, {published} publications", flush=True)
         if scenario.name == "training":
-            _print_training_run(reference_dir)
+            epoch_s = _epoch_seconds(saved_at, seconds)
+            _print_training_run(reference_dir, epoch_s)
             names = publications(scenario, folder)
             _print_training_noise(scenario, folder, reference_dir, repeats, other_seed)
-            points = _training_kill_points(rng, count, names, seconds / LEARNING_RUN["epochs"])
+            points = _training_kill_points(rng, count, names, epoch_s)
         else:
             points = _kill_points(rng, count, published, seconds, KILL_WINDOW.get(scenario.name, (0.05, 0.95)))
         for index, point in enumerate(points):
             result = kill_and_rerun(scenario, folder, reference_dir, f"kill{index}", **point)
             results.append(result)
-            _print_kill(result, reference_dir, folder / f"{scenario.name}_kill{index}")
+            same = _print_kill(result, reference_dir, folder / f"{scenario.name}_kill{index}")
+            if same is not None:
+                identical.append(same)
     _print_fault_summary(results)
+    if identical:
+        before = [b for b, _ in identical if b is not None]
+        after = sum(a for _, a in identical)
+        print(f"training logs bitwise identical to the uninterrupted run's: after the restart {after} of "
+              f"{len(identical)} reruns; before it (the killed runs) {sum(before)} of {len(before)}")
     return all(r.ok for r in results)
 
 
-def _print_kill(result: KillResult, reference_dir: Path, run_dir: Path) -> None:
+def _epoch_times(saved_at: dict[int, float]):  # noqa: ANN202 - a watch function
+    """Note when each epoch's checkpoint appears (epochs saved -> time) while the reference training runs."""
+    def note(run_dir: Path) -> None:
+        saved_at.setdefault(epochs_saved(run_dir), time.monotonic())
+
+    return note
+
+
+def _epoch_seconds(saved_at: dict[int, float], seconds: float) -> float:
+    """The median time from one checkpoint to the next (an epoch and its validation), else a guess."""
+    times = [saved_at[k] for k in sorted(saved_at) if k > 0]
+    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    return gaps[len(gaps) // 2] if gaps else seconds / LEARNING_RUN["epochs"]
+
+
+def _print_kill(result: KillResult, reference_dir: Path, run_dir: Path) -> tuple[bool | None, bool] | None:
+    """One line per kill; for a training, whether its logs before and after the restart are bitwise the
+    uninterrupted run's."""
     status = "ok" if result.ok else f"FAILED {result}"
-    extra = ""
+    extra, same = "", None
     if result.how:
         out_dir = run_dir.with_name(f"{run_dir.name}_resumed") if result.how == "resume" else run_dir
-        same = _identical_logs(reference_dir, out_dir)
+        same = before, after = _identical_logs(reference_dir, out_dir, result.restarted_after or 0)
         deviation = result.deviation or {}
         extra = (f", {result.how}: {result.completed_at_kill} epochs done at the kill, restarted after "
                  f"{result.restarted_after}, lost {result.lost_epochs}; |final val mIoU difference| "
                  f"{deviation.get('final_val_miou', float('nan')):.4f}, |best model mIoU difference| "
-                 f"{deviation.get('eval_miou', float('nan')):.4f}; per-epoch logs bitwise identical: {same}")
+                 f"{deviation.get('eval_miou', float('nan')):.4f}; logs bitwise identical to the uninterrupted "
+                 f"run's: epochs before the restart {before}, after it {after}")
     print(f"    {result.scenario} killed at {result.fault:>16} (killed: {result.killed}{extra}): {status}", flush=True)
+    return same
 
 
-def _identical_logs(reference_dir: Path, run_dir: Path) -> bool:
-    """Every epoch's logged loss and metrics are the very same numbers as the uninterrupted run's."""
+def _identical_logs(reference_dir: Path, run_dir: Path, restart: int) -> tuple[bool | None, bool]:
+    """Whether the epochs logged before the restart (by the killed run; None when there are none) and those after it
+    (by the rerun) are the very same numbers as the uninterrupted run's."""
     try:
-        return training_outcome(reference_dir)["rows"] == training_outcome(run_dir)["rows"]
+        ours, theirs = training_outcome(run_dir)["rows"], training_outcome(reference_dir)["rows"]
     except (OSError, KeyError, ValueError, IndexError):
-        return False
+        return False, False
+    return (ours[:restart] == theirs[:restart] if restart else None), ours[restart:] == theirs[restart:]
 
 
-def _print_training_run(run_dir: Path) -> None:
+def _print_training_run(run_dir: Path, epoch_s: float) -> None:
     outcome = training_outcome(run_dir)
     curve = ", ".join(f"{float(row['val_miou']):.3f}" for row in outcome["rows"])
-    print(f"  training: validation mIoU per epoch {curve}; best model evaluated: {outcome['eval_miou']:.4f}",
-          flush=True)
+    print(f"  training: validation mIoU per epoch {curve}; best model evaluated: {outcome['eval_miou']:.4f}; "
+          f"{epoch_s:.1f} s per epoch", flush=True)
 
 
 def _print_training_noise(scenario, folder: Path, reference_dir: Path, repeats: int,  # noqa: ANN001 - a Scenario
