@@ -55,12 +55,7 @@ def test_chain_qd_deploys_a_verified_bundle_and_runs_it(tmp_path, dataset_root, 
     (image_dir / source.name).write_bytes(source.read_bytes())
     deploy_path = str(sshd_server.board_root / "app dir 'x'")
     cfg = chain_config(tmp_path, dataset_root, trained_run[0] / "saved_models" / "best_model.keras", "chain_qd")
-    cfg["deployment"] = {
-        "hardware_setup": {"ip_address": sshd_server.host, "port": sshd_server.port, "user": sshd_server.user,
-                           "identity_file": str(sshd_server.identity_file),
-                           "known_hosts": str(sshd_server.known_hosts)},
-        "board_deploy_path": deploy_path, "launch": True, "launch_input": str(image_dir),
-        "python": sshd_server.python}
+    cfg["deployment"] = sshd_server.deployment(deploy_path, str(image_dir))
     results = run(cfg, run_dir=tmp_path / "qd")
     summary = results["deployment"]
     assert summary["verified"] is True and summary["launched"] is True

@@ -272,10 +272,7 @@ def test_deployment_mode_pushes_and_launches_the_pose_app_on_a_board(tmp_path, k
     for path in sorted((keypoints_dir / "images").glob("*.jpg"))[:2]:
         (images / path.name).write_bytes(path.read_bytes())
     deploy_path = str(sshd_server.board_root / "segzoo pose")
-    cfg = pose_config(tmp_path, "deployment", deployment={
-        "hardware_setup": {"ip_address": sshd_server.host, "port": sshd_server.port, "user": sshd_server.user,
-                           "identity_file": str(sshd_server.identity_file), "known_hosts": str(sshd_server.known_hosts)},
-        "board_deploy_path": deploy_path, "launch": True, "launch_input": str(images), "python": sshd_server.python})
+    cfg = pose_config(tmp_path, "deployment", deployment=sshd_server.deployment(deploy_path, str(images)))
     summary = run(cfg, run_dir=tmp_path / "dep")["deployment"]
     assert summary["verified"] is True and summary["launched"] is True
     manifest = json.loads((Path(deploy_path) / "manifest.json").read_text())
@@ -343,10 +340,8 @@ def test_the_quantized_folder_benchmarks_and_deploys(quantized_run, tmp_path, ke
     assert len(rows) == 3 and all(r["npu_pct"] >= 95.0 and r["precision"] for r in rows)
     image = sorted((keypoints_dir / "images").glob("*.jpg"))[0]
     deploy_path = str(sshd_server.board_root / "pose int8")
-    cfg = pose_config(tmp_path, "deployment", general={"model_path": str(folder)}, deployment={
-        "hardware_setup": {"ip_address": sshd_server.host, "port": sshd_server.port, "user": sshd_server.user,
-                           "identity_file": str(sshd_server.identity_file), "known_hosts": str(sshd_server.known_hosts)},
-        "board_deploy_path": deploy_path, "launch": True, "launch_input": str(image), "python": sshd_server.python})
+    cfg = pose_config(tmp_path, "deployment", general={"model_path": str(folder)},
+                      deployment=sshd_server.deployment(deploy_path, str(image)))
     summary = run(cfg, run_dir=tmp_path / "dep")["deployment"]
     assert summary["launched"] and any(f"{image.name}:" in line for line in summary["launch_output"])
     assert (Path(deploy_path) / "pose_landmark_full.tflite").read_bytes() == (

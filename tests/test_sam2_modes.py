@@ -353,12 +353,7 @@ def test_deployment_to_the_loopback_board_and_point_launch(chain, coco, sshd_ser
     deploy_path = sshd_server.board_root / "sam2 app"
     cfg = sam2_config("deployment", coco, tmp_path, general={"model_path": str(quantized)},
                       prediction={"points": [{"x": 150, "y": 120, "label": 1}]},
-                      deployment={"hardware_setup": {"ip_address": sshd_server.host, "port": sshd_server.port,
-                                                     "user": sshd_server.user,
-                                                     "identity_file": str(sshd_server.identity_file),
-                                                     "known_hosts": str(sshd_server.known_hosts)},
-                                  "board_deploy_path": str(deploy_path), "launch": True,
-                                  "launch_input": str(board_images), "python": sshd_server.python})
+                      deployment=sshd_server.deployment(str(deploy_path), str(board_images)))
     summary = run(cfg, run_dir=tmp_path / "run")["deployment"]
     assert summary["verified"] is True and summary["launched"] is True
     assert {"encoder_int8.tflite", "decoder_int8.tflite", "sam2_point.py", "sam2_config.json"} <= set(summary["files"])
