@@ -131,8 +131,16 @@ def quantization_mse(values: np.ndarray, lows: np.ndarray, highs: np.ndarray,
     scale = np.maximum(highs - lows, 1e-12) / 255.0
     zero = np.clip(np.round(-128.0 - lows / scale), -128, 127)
     x = np.asarray(values, np.float64)[None, :]
-    q = np.clip(np.round(x / scale[:, None]) + zero[:, None], -128, 127)
-    squared = np.square((q - zero[:, None]) * scale[:, None] - x)
+    scale, zero = scale[:, None], zero[:, None]
+    # (clip(round(x / scale) + zero) - zero) * scale - x, squared: the same operations in one buffer, in place
+    squared = np.divide(x, scale)
+    np.round(squared, out=squared)
+    squared += zero
+    np.clip(squared, -128, 127, out=squared)
+    squared -= zero
+    squared *= scale
+    squared -= x
+    np.square(squared, out=squared)
     if weights is None:
         return squared.mean(axis=1)
     return squared @ (np.asarray(weights, np.float64) / max(float(np.sum(weights)), 1.0))
