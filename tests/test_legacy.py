@@ -39,7 +39,8 @@ def test_legacy_run_resumes(tmp_path, dataset_root):
 
     old = tmp_path / "old_run"
     shutil.copytree(LEGACY, old)
-    cfg = tiny_training_config(tmp_path, dataset_root, epochs=2, resume_training_from=str(old))
+    cfg = tiny_training_config(tmp_path, dataset_root, epochs=2, resume_training_from=str(old), steps_per_epoch=4)
+    cfg["evaluation"]["max_images"] = 4
     results = run(cfg, run_dir=tmp_path / "resumed")
     assert results["training"]["epochs"] == 2
     log = (tmp_path / "resumed" / "logs" / "training_log.csv").read_text().strip().splitlines()

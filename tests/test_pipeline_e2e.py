@@ -59,8 +59,10 @@ def test_mlflow_holds_params_metrics_and_artifacts(trained_run) -> None:
 @pytest.mark.slow
 def test_resume_continues_where_it_stopped(trained_run, tmp_path, dataset_root) -> None:
     first_dir, _, _ = trained_run
-    cfg = tiny_training_config(tmp_path, dataset_root, epochs=4, resume_training_from=str(first_dir))
+    # the epoch trained here needs few steps: what is checked is where the run starts and how it counts
+    cfg = tiny_training_config(tmp_path, dataset_root, epochs=4, resume_training_from=str(first_dir), steps_per_epoch=4)
     cfg["mlflow"]["enabled"] = False
+    cfg["evaluation"]["max_images"] = 4
     run_dir = tmp_path / "resumed"
     run(cfg, run_dir=run_dir)
     rows = read_log(run_dir)
