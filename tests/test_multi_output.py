@@ -30,7 +30,7 @@ def toy_registered(monkeypatch):
 
 
 def _toy_config(tmp_path, dataset_root, **training):
-    cfg = tiny_training_config(tmp_path, dataset_root, **{"epochs": 2, **training})
+    cfg = tiny_training_config(tmp_path, dataset_root, **{"epochs": 2, "steps_per_epoch": 4, **training})
     cfg["training"]["model"] = {"name": "toy_heads", "input_shape": [32, 32, 3], "aux_weight": 0.5}
     cfg["training"]["optimizer"] = {"name": "adam", "learning_rate": 0.01}
     return cfg
