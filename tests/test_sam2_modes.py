@@ -23,6 +23,7 @@ from segzoo.cli import run
 
 SIZE = 64
 IMAGES = 2
+CALIBRATION_IMAGES = 1  # each post-training step still runs on both networks (the decoder on each instance's click)
 APP = "sam2_point.py"  # the bundle's entry (launch.sh runs it)
 
 
@@ -50,7 +51,7 @@ def sam2_config(mode: str, coco: dict, tmp: Path, **sections) -> dict:
            "dataset": {"layout": "yolo_seg", "test_path": str(coco["images"]), "test_masks_path": str(coco["labels"]),
                        "quantization_path": str(coco["images"]), "quantization_masks_path": str(coco["labels"])},
            "training": {"model": {"name": "sam2", "input_shape": [SIZE, SIZE, 3], "num_points": 3}},
-           "evaluation": {"max_images": IMAGES}, "quantization": {"calibration_images": IMAGES},
+           "evaluation": {"max_images": IMAGES}, "quantization": {"calibration_images": CALIBRATION_IMAGES},
            "benchmarking": {"targets": ["host", "stm32mp2_estimate"], "runs": 3, "warmup": 1},
            "mlflow": {"enabled": False, "uri": str(tmp / "mlruns")}}
     for section, values in sections.items():
