@@ -7,6 +7,7 @@ seeded RNG so that channel ranges differ by 10-100x after folding: the situation
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -86,6 +87,19 @@ def rep_of(images: np.ndarray):
     return lambda: (images[i:i + 1] for i in range(len(images)))
 
 
+@pytest.fixture(scope="module")
+def int8_file(models, calib, tmp_path_factory):
+    """``int8_file(aspp, granularity)``: each model's int8 file converted directly (calibration images ``calib``),
+    once for all the tests of the module that read it."""
+    folder = tmp_path_factory.mktemp("int8")
+
+    @functools.cache
+    def converted(aspp: str, granularity: str = "per_tensor"):
+        return convert(models[aspp], rep_of(calib), folder / f"{aspp}_{granularity}.tflite", granularity=granularity)
+
+    return converted
+
+
 def run_tflite(path, images: np.ndarray) -> np.ndarray:
     from segzoo.runners import load_runner
 
@@ -101,8 +115,8 @@ def error_vs_float(path, images: np.ndarray, reference: np.ndarray) -> tuple[flo
 
 # ------------------------------------------------------------------------------------------- conversion
 @pytest.mark.parametrize("aspp", ASPP)
-def test_per_tensor_file_is_all_int8_with_one_scale_per_tensor(models, calib, tmp_path, aspp):
-    path = convert(models[aspp], rep_of(calib), tmp_path / f"{aspp}.tflite")
+def test_per_tensor_file_is_all_int8_with_one_scale_per_tensor(int8_file, aspp):
+    path = int8_file(aspp)
     summary = inspect_tflite(path)
     assert not summary["has_per_channel"] and summary["per_channel_tensors"] == []
     assert summary["int8_compute_share"] == 1.0 and summary["float_ops"] == []
@@ -114,8 +128,8 @@ def test_per_tensor_file_is_all_int8_with_one_scale_per_tensor(models, calib, tm
     assert summary["input"]["shape"] == [1, *HW, 3]
 
 
-def test_per_channel_file_has_per_channel_scales(models, calib, tmp_path):
-    summary = inspect_tflite(convert(models["v1"], rep_of(calib), tmp_path / "pc.tflite", granularity="per_channel"))
+def test_per_channel_file_has_per_channel_scales(int8_file):
+    summary = inspect_tflite(int8_file("v1", "per_channel"))
     assert summary["has_per_channel"] and summary["per_channel_tensors"]
     assert any(op["per_channel"] for op in summary["ops"] if op["name"] == "DEPTHWISE_CONV_2D")
     assert not npu_ready(summary)
@@ -139,11 +153,10 @@ def test_input_output_types_are_honoured(models, calib, evaluation, tmp_path, in
     assert error < 0.5
 
 
-def test_one_calibration_serves_every_granularity(models, calib, evaluation, tmp_path):
-    model = models["v1"]
-    calibrated = calibrate(model, rep_of(calib))
+def test_one_calibration_serves_every_granularity(models, calib, evaluation, int8_file, tmp_path):
+    calibrated = calibrate(models["v1"], rep_of(calib))
     for granularity in ("per_tensor", "per_channel"):
-        direct = convert(model, rep_of(calib), tmp_path / f"direct_{granularity}.tflite", granularity=granularity)
+        direct = int8_file("v1", granularity)
         reused = convert_calibrated(calibrated, tmp_path / f"reused_{granularity}.tflite", granularity=granularity)
         assert inspect_tflite(reused)["has_per_channel"] == (granularity == "per_channel")
         np.testing.assert_array_equal(run_tflite(direct, evaluation), run_tflite(reused, evaluation))
@@ -244,12 +257,12 @@ def test_optimized_model_saves_loads_and_converts_to_int8_minimum(models, calib,
 
 
 @pytest.mark.parametrize("aspp", ASPP)
-def test_optimized_per_tensor_model_is_closer_to_float(models, calib, evaluation, tmp_path, aspp):
+def test_optimized_per_tensor_model_is_closer_to_float(models, calib, evaluation, int8_file, tmp_path, aspp):
     from segzoo.quantization.formatting import optimize_for_per_tensor
 
     model = models[aspp]
     reference = np.asarray(model(evaluation, training=False))
-    plain = convert(model, rep_of(calib), tmp_path / "plain.tflite")
+    plain = int8_file(aspp)
     optimized, report = optimize_for_per_tensor(model, calib)
     assert report["biases_absorbed"] > 0
     better = convert(optimized, rep_of(calib), tmp_path / "opt.tflite")
