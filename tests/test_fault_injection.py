@@ -57,12 +57,21 @@ SHORT_TRAINING = {"epochs": 3, "steps_per_epoch": 5, "output_stride": 16, "learn
 """Three short epochs: enough for a kill in an epoch, at a checkpoint and a rerun."""
 
 
+LOSS_TOLERANCE = 0.05
+"""Relative difference accepted between an epoch's training loss in a rerun and in the uninterrupted run. Measured:
+0 (bitwise the same); a resume from the weights one epoch ahead of the state (main's code before the state named its
+weights) was 15% off in the epoch it trained again (0.865 against 1.015)."""
+
+
 def _same_epochs_as(reference_dir: Path, run_dir: Path) -> None:
-    """Every epoch logged once and the epochs done of the uninterrupted run; the final mIoU is compared within the
-    tolerance by ``KillResult.ok`` (a CPU training is usually, not always, bitwise reproducible: see the benchmark)."""
+    """Every epoch logged once, the epochs done and each epoch's training loss of the uninterrupted run (the final
+    mIoU is compared within its tolerance by ``KillResult.ok``). A CPU training with the same seed was bitwise
+    reproducible in every run the benchmark measured; TensorFlow does not promise it, hence a tolerance."""
     ours, theirs = training_outcome(run_dir), training_outcome(reference_dir)
     assert ours["epochs"] == theirs["epochs"] == list(range(SHORT_TRAINING["epochs"]))
     assert ours["epochs_done"] == theirs["epochs_done"]
+    for row, expected in zip(ours["rows"], theirs["rows"]):
+        assert float(row["loss"]) == pytest.approx(float(expected["loss"]), rel=LOSS_TOLERANCE), row["epoch"]
 
 
 @pytest.mark.heavy
