@@ -239,7 +239,7 @@ def chain(imported, coco, tmp_path_factory) -> tuple[Path, dict]:
     return tmp / "run", run(cfg, run_dir=tmp / "run")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_chain_eqeb_quantizes_both_networks_compares_and_benchmarks(chain, imported) -> None:
     run_dir, results = chain
     quantized = Path(results["quantization"]["model"])
@@ -294,7 +294,7 @@ def point_predictor(folder: Path):
     return Sam2Predictor(encode, decode, params)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_board_app_masks_equal_segzoo_on_real_images(chain, coco, tmp_path) -> None:
     """The point app of the bundle (no TensorFlow, no segzoo) gives segzoo's masks; it also runs through a
     stand-in stai_mpu, which binds tensors by position (the order sam2_config.json records)."""
@@ -343,7 +343,7 @@ def test_board_app_masks_equal_segzoo_on_real_images(chain, coco, tmp_path) -> N
     assert _run_app(bundle, "--input", str(images[0]), "--point", "1,2,7", app=APP).returncode == 2
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_deployment_to_the_loopback_board_and_point_launch(chain, coco, sshd_server, tmp_path) -> None:
     """deployment of the quantized pair: bundle, push, verify on the board, launch in point mode on an image."""
     quantized = Path(chain[1]["quantization"]["model"])
