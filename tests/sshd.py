@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from segzoo.remote import BoardTarget
@@ -197,3 +198,42 @@ def sshd_server(tmp_path_factory) -> Iterator[SshdServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@dataclass
+class BoardRun:
+    """One image deployed and segmented on the loopback board, and segzoo's own scores from the same file."""
+
+    board_labels: np.ndarray
+    rgb: np.ndarray
+    runner: object
+    pp: object
+    output: np.ndarray   # the model's raw output for the image
+    scores: np.ndarray   # the output restored to the image's size (what the board application takes the argmax of)
+
+
+def deploy_one_image(server: SshdServer, cfg: dict, model: Path, image: Path, tmp_path: Path, folder: str) -> BoardRun:
+    """Run ``deployment`` of ``model`` (config ``cfg``) to ``server`` with ``image`` as the launch input; the board's
+    labels beside segzoo's restored scores."""
+    from segzoo.cli import run
+    from segzoo.data.loader import read_image
+    from segzoo.data.masks import read_mask
+    from segzoo.preprocess import Preprocessing, restore_logits, to_model_input
+    from segzoo.runners import load_runner
+
+    board_dir = tmp_path / "board images"
+    board_dir.mkdir()
+    (board_dir / image.name).write_bytes(image.read_bytes())
+    deploy_path = str(server.board_root / folder)
+    cfg["operation_mode"] = "deployment"
+    cfg["general"]["model_path"] = str(model)
+    cfg["deployment"] = server.deployment(deploy_path, str(board_dir))
+    summary = run(cfg, run_dir=tmp_path / "deploy")["deployment"]
+    assert summary["verified"] is True and summary["launched"] is True
+    board_labels = read_mask(Path(deploy_path + "_results") / f"{image.stem}_mask.png")
+    rgb = read_image(image)
+    runner = load_runner(model)
+    pp = Preprocessing(**cfg["preprocessing"]["resizing"], color_mode=cfg["preprocessing"]["color_mode"])
+    x, placement = to_model_input(rgb, runner.input_hw, pp)
+    output = runner.predict(x[None])[0]
+    return BoardRun(board_labels, rgb, runner, pp, output, restore_logits(output, placement))

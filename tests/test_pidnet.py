@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from sshd import sshd_server  # noqa: F401  (fixture)
+from sshd import deploy_one_image, sshd_server  # noqa: F401  (fixture)
 
 from conftest import shared_path
 from reference import pidnet_loss_numpy as ref_loss
@@ -647,11 +647,7 @@ def test_camvid_pidnet_config_trains_quantizes_evaluates_benchmarks_and_deploys(
     import keras
 
     from segzoo.cli import run
-    from segzoo.data.loader import read_image
-    from segzoo.data.masks import read_mask
     from segzoo.prediction import predict_labels
-    from segzoo.preprocess import Preprocessing, restore_logits, to_model_input
-    from segzoo.runners import load_runner
 
     cfg = _camvid_pidnet_config(tmp_path)
     cfg["operation_mode"] = "chain_tqeb"
@@ -679,28 +675,14 @@ def test_camvid_pidnet_config_trains_quantizes_evaluates_benchmarks_and_deploys(
     assert len(estimate) == 1 and estimate[0]["npu_pct"] >= 95.0
 
     image = Path(cfg["dataset"]["validation_path"]) / "0016E5_07959.png"
-    board_dir = tmp_path / "board images"
-    board_dir.mkdir()
-    (board_dir / image.name).write_bytes(image.read_bytes())
-    deploy_path = str(sshd_server.board_root / "pidnet camvid")
-    cfg["operation_mode"] = "deployment"
-    cfg["general"]["model_path"] = str(int8[0])
-    cfg["deployment"] = sshd_server.deployment(deploy_path, str(board_dir))
-    summary = run(cfg, run_dir=tmp_path / "deploy")["deployment"]
-    assert summary["verified"] is True and summary["launched"] is True
-    board_labels = read_mask(Path(deploy_path + "_results") / f"{image.stem}_mask.png")
-    rgb = read_image(image)
-    assert board_labels.shape == rgb.shape[:2] == (360, 480)
+    board = deploy_one_image(sshd_server, cfg, int8[0], image, tmp_path, "pidnet camvid")
+    board_labels, scores = board.board_labels, board.scores
+    assert board_labels.shape == board.rgb.shape[:2] == (360, 480)
     # the board restores the 1/8 scores with OpenCV's bilinear resize, as restore_logits does: the same labels
-    runner = load_runner(int8[0])
-    pp = Preprocessing(**cfg["preprocessing"]["resizing"], color_mode=cfg["preprocessing"]["color_mode"])
-    x, placement = to_model_input(rgb, runner.input_hw, pp)
-    output = runner.predict(x[None])[0]
-    assert output.shape == (8, 8, 11)
-    scores = restore_logits(output, placement)
+    assert board.output.shape == (8, 8, 11)
     np.testing.assert_array_equal(board_labels, np.argmax(scores, axis=-1))
     # segzoo's prediction (bilinear weights of its own, in float32) differs from it only where two classes tie
-    host = predict_labels(runner, rgb, pp, 11)
+    host = predict_labels(board.runner, board.rgb, board.pp, 11)
     top2 = np.sort(scores, axis=-1)[..., -2:]
     differ = host != board_labels
     assert differ.mean() < 1e-3

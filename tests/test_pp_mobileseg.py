@@ -12,7 +12,7 @@ import yaml
 
 from conftest import REPO, shared_path
 from reference import pp_mobileseg_numpy as ref
-from sshd import sshd_server  # noqa: F401  (fixture)
+from sshd import deploy_one_image, sshd_server  # noqa: F401  (fixture)
 from segzoo.errors import DataError, ModelError
 from segzoo.models.pp_mobileseg.params import PPMobileSegParams
 from segzoo.models.pp_mobileseg.presets import ARCHITECTURES, PUBLISHED
@@ -452,10 +452,6 @@ def test_camvid_npu_friendly_config_trains_quantizes_and_deploys_to_a_board(tmp_
     from pathlib import Path
 
     from segzoo.cli import run
-    from segzoo.data.loader import read_image
-    from segzoo.data.masks import read_mask
-    from segzoo.preprocess import Preprocessing, restore_logits, to_model_input
-    from segzoo.runners import load_runner
 
     camvid = shared_path("datasets", "camvid", "CamVid")
     cfg = yaml.safe_load((REPO / "config_file_examples" / "chain_tqe_camvid_pp_mobileseg.yaml").read_text())
@@ -477,21 +473,7 @@ def test_camvid_npu_friendly_config_trains_quantizes_and_deploys_to_a_board(tmp_
 
     first = (tmp_path / "validation.txt").read_text().split()[0]
     image = Path(cfg["dataset"]["validation_path"]) / Path(first).name
-    board_dir = tmp_path / "board images"
-    board_dir.mkdir()
-    (board_dir / image.name).write_bytes(image.read_bytes())
-    deploy_path = str(sshd_server.board_root / "pp mobileseg")
-    cfg["operation_mode"] = "deployment"
-    cfg["general"]["model_path"] = str(int8[0])
-    cfg["deployment"] = sshd_server.deployment(deploy_path, str(board_dir))
-    summary = run(cfg, run_dir=tmp_path / "deploy")["deployment"]
-    assert summary["verified"] is True and summary["launched"] is True
-    board_labels = read_mask(Path(deploy_path + "_results") / f"{image.stem}_mask.png")
-    rgb = read_image(image)
-    assert board_labels.shape == rgb.shape[:2] == (360, 480)
-    runner = load_runner(int8[0])
-    pp = Preprocessing(**cfg["preprocessing"]["resizing"], color_mode=cfg["preprocessing"]["color_mode"])
-    x, placement = to_model_input(rgb, runner.input_hw, pp)
-    output = runner.predict(x[None])[0]
-    assert output.shape == (4, 4, 11)
-    np.testing.assert_array_equal(board_labels, np.argmax(restore_logits(output, placement), axis=-1))
+    board = deploy_one_image(sshd_server, cfg, int8[0], image, tmp_path, "pp mobileseg")
+    assert board.board_labels.shape == board.rgb.shape[:2] == (360, 480)
+    assert board.output.shape == (4, 4, 11)
+    np.testing.assert_array_equal(board.board_labels, np.argmax(board.scores, axis=-1))
