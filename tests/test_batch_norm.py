@@ -122,3 +122,35 @@ def test_default_network_trains_with_fused_kernel():
     out_p = plain(images, training=True).numpy()
     out_f = fused(images, training=True).numpy()
     np.testing.assert_allclose(out_f, out_p, atol=1e-3 * np.ptp(out_p))
+
+
+
+class _Replicas:
+    """What :func:`make_trainer` reads of a distribution: the number of replicas in sync."""
+
+    def __init__(self, num_replicas: int) -> None:
+        self.num_replicas = num_replicas
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_make_trainer_picks_the_kernel(tmp_path, dataset_root, replicas):
+    """The training entry's trainer: on one replica every BatchNormalization layer of the network trains with the
+    fused kernel; with ``sync_batch_norm`` over two replicas they are synchronized and keep Keras's kernel."""
+    import keras
+
+    from conftest import tiny_training_config
+    from segzoo.config import load_config
+    from segzoo.data.resolve import data_spec
+    from segzoo.models.deeplab_v3.model import build_deeplabv3
+    from segzoo.training.start import Start, make_trainer
+
+    raw = tiny_training_config(tmp_path, dataset_root, class_weights=None)
+    raw["training"]["distribution"] = {"sync_batch_norm": True}
+    cfg = load_config(raw)
+    spec = data_spec(cfg)
+    network = build_deeplabv3((64, 64, 3), spec.num_classes, alpha=0.35, aspp="v2", dropout=0.0)
+    trainer = make_trainer(cfg, spec, [], _Replicas(replicas), Start(network))
+    layers = [layer for layer in trainer.network._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(layers) > 30
+    fused = replicas == 1
+    assert all(("call" in vars(layer)) == fused and layer.synchronized != fused for layer in layers)
