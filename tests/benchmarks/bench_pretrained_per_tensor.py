@@ -4,6 +4,7 @@ Run by hand (not collected by pytest)::
 
     python tests/benchmarks/bench_pretrained_per_tensor.py camvid MODEL.keras [MODEL.keras ...]
     python tests/benchmarks/bench_pretrained_per_tensor.py deeplab257 [--bootstrap 1000] [--quantization K=V ...]
+    python tests/benchmarks/bench_pretrained_per_tensor.py deeplab257 --variants defaults adaround=true
     python tests/benchmarks/bench_pretrained_per_tensor.py timing [--quantization K=V ...]
 
 ``camvid``: float models fine-tuned on CamVid (``config_file_examples/chain_tqe_camvid_imagenet.yaml``) quantized
@@ -20,7 +21,9 @@ of the pixels pooled over the set (one confusion matrix, as segzoo evaluates: a 
 from the set's ground truth counts with IoU 0), the drop against the float file with a paired bootstrap 95%
 interval over images, the mIoU over the ground-truth classes only, the mean of the per-image mIoU and its drop;
 the number of images per class; segzoo's run time (wall, process CPU, load), per-step seconds, NPU share and
-worst layers.
+worst layers. ``--variants`` puts several segzoo rows side by side (``defaults`` or comma-separated keys, e.g.
+``adaround=true,adaround_iterations=300``); each segzoo row also shows its pooled mIoU minus ST's file's, with a
+paired bootstrap interval.
 
 ``timing [--quantization KEY=VALUE ...]``: segzoo's quantization step on Google's float 257 file with the default
 steps and 100 COCO calibration images (every photo of ``coco128_semseg``): wall and process CPU seconds of each
@@ -199,7 +202,13 @@ def _print_quantization(report: dict) -> None:
     print(f"worst layers (RMSE / int8 step): {worst}")
 
 
-def bench_deeplab257(rounds: int, quantization: dict | None = None, keep: Path | None = None) -> None:
+def _variant_label(quantization: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in quantization.items()) or "defaults"
+
+
+def bench_deeplab257(rounds: int, variants: list[dict], keep: Path | None = None) -> None:
+    """Google's float file, ST's int8 file and one segzoo row per quantization variant, on each evaluation set; per
+    segzoo row also its pooled mIoU minus ST's with a paired bootstrap interval (negative: behind ST's file)."""
     names, coco_mapper, voc_mapper = _voc_setup()
     sets = {
         "COCO train2017 (evaluation ids)": (_samples(COCO / "images" / "train2017",
@@ -211,22 +220,26 @@ def bench_deeplab257(rounds: int, quantization: dict | None = None, keep: Path |
     }
     assert not set(_ids("coco128_calibration.txt")) & set(_ids("coco128_evaluation.txt"))
     with tempfile.TemporaryDirectory() as tmp:
-        if keep is not None:  # the run folder of segzoo's quantization (report, model, log) stays there
+        if keep is not None:  # the run folders of segzoo's quantizations (report, model, log) stay there
             keep.mkdir(parents=True, exist_ok=True)
             tmp = str(keep)
         models = {"Google float (reference)": GOOGLE, "ST int8 per-tensor": ST}
-        label = ", ".join(f"{k}: {v}" for k, v in (quantization or {}).items()) or "defaults"
-        models[f"segzoo int8 per-tensor ({label})"], report = _segzoo_quantized(Path(tmp), quantization)
-        _print_quantization(report)
+        for i, quantization in enumerate(variants):
+            label = _variant_label(quantization)
+            models[f"segzoo int8 per-tensor ({label})"], report = _segzoo_quantized(Path(tmp) / f"v{i}",
+                                                                                   quantization)
+            print(f"\n### segzoo, {label}")
+            _print_quantization(report)
         for set_name, (samples, mapper) in sets.items():
             start = time.perf_counter()
             cms = {name: per_image_confusions(path, samples, mapper, names) for name, path in models.items()}
-            reference = cms["Google float (reference)"]
+            reference, st = cms["Google float (reference)"], cms["ST int8 per-tensor"]
             present = (reference.sum(2) > 0)  # [N, C]: class in the ground truth of the image
             print(f"\n## {set_name}: {len(samples)} images ({time.perf_counter() - start:.0f} s)\n")
             print("| model | mIoU (pixels pooled) | drop vs float (points) | 95% interval (paired bootstrap) "
-                  "| mIoU over ground-truth classes | its drop | mean per-image mIoU | its drop |")
-            print("|---|---:|---:|---|---:|---:|---:|---:|")
+                  "| mIoU over ground-truth classes | its drop | mean per-image mIoU | its drop | minus ST's file "
+                  "(points, 95% interval) |")
+            print("|---|---:|---:|---|---:|---:|---:|---:|---|")
             for name, cm in cms.items():
                 drop = 100 * (miou(reference.sum(0)) - miou(cm.sum(0)))
                 interval = "" if cm is reference else "[{:.2f}, {:.2f}]".format(*paired_bootstrap(reference, cm,
@@ -235,8 +248,12 @@ def bench_deeplab257(rounds: int, quantization: dict | None = None, keep: Path |
                 per_image_drop = 100 * np.mean([miou(r) - miou(c) for r, c in zip(reference, cm)])
                 gt = 100 * miou(cm.sum(0), ground_truth_only=True)
                 gt_drop = 100 * miou(reference.sum(0), ground_truth_only=True) - gt
-                print(f"| {name} | {100 * miou(cm.sum(0)):.2f} | {drop:.2f} | {interval} | {gt:.2f} | {gt_drop:.2f} | "
-                      f"{per_image:.2f} | {per_image_drop:.2f} |")
+                versus = ""
+                if name.startswith("segzoo"):
+                    low, high = paired_bootstrap(cm, st, rounds)  # mIoU(segzoo) - mIoU(ST)
+                    versus = f"{100 * (miou(cm.sum(0)) - miou(st.sum(0))):+.3f} [{low:.2f}, {high:.2f}]"
+                print(f"| {name} | {100 * miou(cm.sum(0)):.3f} | {drop:.2f} | {interval} | {gt:.2f} | {gt_drop:.2f} | "
+                      f"{per_image:.2f} | {per_image_drop:.2f} | {versus} |")
             counts = present.sum(0)
             print("\nImages per class: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts) if c))
 
@@ -261,6 +278,11 @@ def bench_timing(quantization: dict | None = None) -> None:
         print(f"| {name} | {entry['wall_s']:.1f} | {entry['cpu_s']:.1f} |")
 
 
+def _keys(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` strings as quantization keys (YAML values)."""
+    return {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in pairs if a)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -271,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     deeplab.add_argument("--bootstrap", type=int, default=1000)
     deeplab.add_argument("--quantization", nargs="*", default=[], metavar="KEY=VALUE",
                          help="quantization keys for segzoo's row instead of the defaults (YAML values)")
+    deeplab.add_argument("--variants", nargs="*", default=[], metavar="K=V[,K=V]",
+                         help="several segzoo rows side by side: 'defaults' or comma-separated quantization keys")
     deeplab.add_argument("--keep", type=Path, help="keep segzoo's quantization run folder here")
     timing = sub.add_parser("timing")
     timing.add_argument("--quantization", nargs="*", default=[], metavar="KEY=VALUE")
@@ -278,10 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "camvid":
         bench_camvid(args.models, args.only)
     elif args.what == "timing":
-        bench_timing({k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.quantization)})
+        bench_timing(_keys(args.quantization))
     else:
-        bench_deeplab257(args.bootstrap, {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in
-                                                                            args.quantization)}, args.keep)
+        variants = [_keys(v.split(",")) if v != "defaults" else {} for v in args.variants] or [
+            _keys(args.quantization)]
+        bench_deeplab257(args.bootstrap, variants, args.keep)
     return 0
 
 
