@@ -185,7 +185,10 @@ def quantize_calibrated(calibrated: bytes, *, granularity: str = "per_tensor", i
     """Quantize a :func:`calibrate` result; ``float_layers`` (tensor or Keras layer names) stay in float."""
     from tensorflow.lite.python import convert as tflite_convert
 
+    from segzoo.quantization.limits import respect_limits
+
     _check_options(granularity, input_type, output_type, True)
+    calibrated, _ = respect_limits(calibrated)  # a model XNNPACK can prepare (no-op when already applied)
     nodes = resolve_float_layers(calibrated, float_layers)
     with converter_errors("quantization"):
         return bytes(tflite_convert.mlir_quantize(

@@ -105,7 +105,8 @@ class FlatModel:
         data = self.model.buffers[tensor.buffer].data
         if data is None or len(data) == 0:
             raise ModelError(f"tensor '{self.tensor_name(index)}' has no constant data")
-        return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32).reshape(tuple(tensor.shape)).copy()
+        shape = tuple(tensor.shape) if tensor.shape is not None else ()  # a scalar has no shape
+        return np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32).reshape(shape).copy()
 
     def set_array(self, index: int, values: np.ndarray) -> None:
         """Replace a float32 constant tensor's data (same shape); a shared buffer is split off first."""

@@ -178,8 +178,11 @@ def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibrati
     else:
         from segzoo.quantization.qat import apply_ranges
 
+        from segzoo.quantization.limits import respect_limits
+
         calibrated, qat_report["ranges"] = apply_ranges(calibrated, learned)
-        refinements = {"qat": qat_report}
+        calibrated, limits_report = respect_limits(calibrated)
+        refinements = {"qat": qat_report, "requantization_limits": limits_report}
     with timer.step("layer_errors"):
         errors = mixed.layer_errors(model, representative(batch, LAYER_ERROR_IMAGES), granularity=q.granularity,
                                    calibrated=calibrated)
@@ -234,13 +237,14 @@ def quantization_aware_fine_tuning(cfg: Config, model: Any, batch: np.ndarray,
 
 def refine_calibrated(cfg: Config, calibrated: bytes, batch: np.ndarray,
                       timer: StepTimer | None = None) -> tuple[bytes, dict]:
-    """The post-training steps on the calibrated model, in order: activation ranges, AdaRound, bias correction.
+    """The post-training steps on the calibrated model, in order: activation ranges, AdaRound, bias correction,
+    requantization limits (:mod:`segzoo.quantization.limits`: always).
 
     Each one edits the calibrated float flatbuffer (ranges, weights on their grid, float biases) before the
     quantizer turns it into int8; the report has one entry per step that ran, with its ``seconds`` (wall) and
     ``cpu_seconds`` (process CPU); ``timer`` also records them.
     """
-    from segzoo.quantization import bias_correction, ranges
+    from segzoo.quantization import bias_correction, limits, ranges
 
     q, report = cfg.quantization, {}
     steps: list[tuple[str, Callable[[bytes], tuple[bytes, dict]]]] = []
@@ -257,6 +261,7 @@ def refine_calibrated(cfg: Config, calibrated: bytes, batch: np.ndarray,
                                                               granularity=q.granularity)))
     if q.bias_correction:
         steps.append(("bias_correction", lambda c: bias_correction.correct_biases(c, batch, q.granularity)))
+    steps.append(("requantization_limits", limits.respect_limits))
     timer = timer or StepTimer()
     for name, step in steps:
         with timer.step(name):
