@@ -39,7 +39,7 @@ def _loads_in_xnnpack(path) -> bool:
     return True
 
 
-def test_an_almost_dead_branch_no_longer_breaks_xnnpack(tmp_path, monkeypatch):
+def test_an_almost_dead_branch_no_longer_breaks_xnnpack(tmp_path, monkeypatch, caplog):
     from ai_edge_litert.interpreter import Interpreter
 
     from segzoo.quantization import converter, limits
@@ -70,6 +70,15 @@ def test_an_almost_dead_branch_no_longer_breaks_xnnpack(tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "respect_limits", lambda content: (content, {"widened": []}))
     bad = converter.convert_calibrated(calibrated, tmp_path / "bad.tflite", input_type="float")
     assert not _loads_in_xnnpack(bad)
+    # such a file from another quantizer still runs, on TFLite's reference kernels, with a warning
+    from segzoo.runners import load_runner
+    from segzoo.runtime.litert import LiteRTRunner
+
+    with caplog.at_level("WARNING"):
+        fallback = load_runner(bad, num_threads=1)
+        named = LiteRTRunner(bad, num_threads=1)
+    assert fallback.xnnpack is False and named.xnnpack is False and load_runner(good).xnnpack is True
+    assert "XNNPACK (LiteRT's CPU delegate) cannot prepare this model" in caplog.text and str(bad) in caplog.text
 
 
 def test_healthy_ranges_are_left_alone():

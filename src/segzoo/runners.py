@@ -127,12 +127,11 @@ class TFLiteRunner:
     """A ``.tflite`` model run with ai_edge_litert, one image at a time (batch 1 models)."""
 
     def __init__(self, path: Path, num_threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
+        from segzoo.runtime.litert import open_interpreter
 
         self.path = Path(path)
         self.num_threads = num_threads or os.cpu_count() or 1
-        self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
-        self._interpreter.allocate_tensors()
+        self._interpreter, self.xnnpack = open_interpreter(self.path, self.num_threads)
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ValueError(f"expected 1 input and 1 output, found {len(inputs)} and {len(outputs)}")

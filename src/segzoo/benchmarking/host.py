@@ -86,14 +86,13 @@ class HostModel:
             raise ModelError(f"{self.path}: cannot load model: {type(exc).__name__}: {exc}") from exc
 
     def _load_tflite(self) -> None:
-        from ai_edge_litert.interpreter import Interpreter
+        from segzoo.runtime.litert import open_interpreter
 
-        interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
-        interpreter.allocate_tensors()
+        interpreter, xnnpack = open_interpreter(self.path, self.threads)
         for i, detail in enumerate(interpreter.get_input_details()):
             interpreter.set_tensor(detail["index"], random_input(detail["shape"], detail["dtype"], seed=i))
         self._invoke = interpreter.invoke
-        self.runtime = f"LiteRT {_version('ai-edge-litert')} (CPU)"
+        self.runtime = f"LiteRT {_version('ai-edge-litert')} (CPU{'' if xnnpack else ', reference kernels: XNNPACK refused the model'})"
 
     def _load_keras(self) -> None:
         import keras

@@ -28,20 +28,38 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
     return TensorSpec(detail["name"], tuple(int(d) for d in detail["shape"]), dtype, q)
 
 
+def open_interpreter(path: Path, num_threads: int) -> tuple[Any, bool]:
+    """An allocated LiteRT interpreter for a .tflite file, and whether it runs on XNNPACK (LiteRT's default CPU
+    delegate). A model XNNPACK refuses to prepare (an int8 rescale factor of 256 or more, from a quantizer other
+    than segzoo's) runs on TFLite's reference kernels instead, slower but with the same results, with a warning."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+        return interpreter, True
+    except RuntimeError as exc:
+        if "XNNPACK" not in str(exc) and "Delegate" not in str(exc):
+            raise
+        log.warning("%s: XNNPACK (LiteRT's CPU delegate) cannot prepare this model (%s); running it on TFLite's "
+                    "reference kernels (same results, slower)", path, str(exc).strip())
+    interpreter = Interpreter(model_path=str(path), num_threads=num_threads,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    return interpreter, False
+
+
 class LiteRTRunner:
     """A ``.tflite`` model with named inputs and outputs (the tensor names of the file)."""
 
     def __init__(self, path: str | Path, num_threads: int | None = None, name: str | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
         self.path = check_model_file(path)
         if self.path.suffix.lower() != ".tflite":
             raise ModelError(f"{self.path}: a LiteRT runner needs a .tflite file")
         self.name = name or self.path.stem
         self.num_threads = num_threads or os.cpu_count() or 1
         try:
-            self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
-            self._interpreter.allocate_tensors()
+            self._interpreter, self.xnnpack = open_interpreter(self.path, self.num_threads)
         except Exception as exc:  # any loader failure becomes a user-facing error naming the file
             raise ModelError(f"{self.path}: cannot load model: {type(exc).__name__}: {exc}") from exc
         self._in = self._interpreter.get_input_details()
