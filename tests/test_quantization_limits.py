@@ -52,6 +52,10 @@ def test_an_almost_dead_branch_no_longer_breaks_xnnpack(tmp_path, monkeypatch, c
     assert any("squeeze" in name for name in widened), widened
     entry = next(w for name, w in widened.items() if "squeeze" in name)
     assert entry["factor"] > 256 and entry["range_after"][1] > entry["range_before"][1] > 0
+    from segzoo.quantization.report import _refinement_lines
+
+    line = "".join(_refinement_lines({"requantization_limits": report}))
+    assert line.startswith("- Requantization limits: ") and "`functional" in line and "squeeze" in line, line
     again, second = limits.respect_limits(widened_model)
     assert second["widened"] == [] and again == widened_model  # idempotent: the converter applies it again
 

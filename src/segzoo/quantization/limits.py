@@ -114,6 +114,6 @@ def respect_limits(calibrated: bytes) -> tuple[bytes, dict]:
     if widened:
         log.info("Requantization limits: %d output range(s) widened so that no int8 rescale factor exceeds %.0f "
                  "(XNNPACK refuses 256 or more): %s", len(widened), MAX_FACTOR,
-                 ", ".join(f"{w['tensor']} (factor {w['factor']:.0f})" for w in widened[:5]))
+                 ", ".join(f"{w['tensor'].split(';')[0]} (factor {w['factor']:.3g})" for w in widened[:5]))
         return flat.to_bytes(), {"widened": widened}
     return calibrated, {"widened": []}

@@ -227,7 +227,7 @@ def _refinement_lines(refinements: dict) -> list[str]:
     if widened:
         lines.append(f"- Requantization limits: {len(widened)} output range(s) widened so that no int8 rescale factor "
                      f"exceeds 128 (XNNPACK, LiteRT's CPU delegate, refuses a model with one of 256 or more): "
-                     + ", ".join(f"`{w['tensor'].split(';')[0]}` (factor {w['factor']:.0f})" for w in widened[:5]))
+                     + ", ".join(f"`{w['tensor'].split(';')[0]}` (factor {w['factor']:.3g})" for w in widened[:5]))
     if "qat" in refinements:
         r = refinements["qat"]
         lines.append(f"- Quantization-aware fine-tuning: {r['epochs']} epochs x {r['steps_per_epoch']} steps at "
