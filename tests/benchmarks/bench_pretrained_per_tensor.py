@@ -66,6 +66,7 @@ CAMVID_ROWS: list[tuple[str, dict]] = [
     ("+ relu6_equalization: headroom (defaults)", {"relu6_equalization": "headroom"}),
     ("defaults, percentile 99.99 ranges", {"activation_ranges": "percentile"}),
     ("defaults + AdaRound (100 iterations)", {"adaround": True, "adaround_iterations": 100}),
+    ("defaults + AdaRound (300 iterations, the option's default)", {"adaround": True}),
 ]
 
 
