@@ -55,9 +55,9 @@ def test_an_almost_dead_branch_no_longer_breaks_xnnpack(tmp_path, monkeypatch, c
     from segzoo.quantization.report import _refinement_lines
 
     line = "".join(_refinement_lines({"requantization_limits": report}))
-    assert line.startswith("- Requantization limits: ") and "`functional" in line and "squeeze" in line, line
+    assert line.startswith("- Requantization limits: ") and "exceeds 128 " in line and "squeeze" in line, line
     again, second = limits.respect_limits(widened_model)
-    assert second["widened"] == [] and again == widened_model  # idempotent: the converter applies it again
+    assert second == {"widened": [], "max_factor": limits.MAX_FACTOR} and again == widened_model  # idempotent: the converter applies it again
 
     good = converter.convert_calibrated(calibrated, tmp_path / "good.tflite", input_type="float")
     assert _loads_in_xnnpack(good)
@@ -71,7 +71,7 @@ def test_an_almost_dead_branch_no_longer_breaks_xnnpack(tmp_path, monkeypatch, c
         np.testing.assert_allclose(runner.get_tensor(out["index"])[0], reference, atol=0.02 * np.ptp(expected))
 
     # what the limits prevent: the same conversion without them gives a file XNNPACK refuses to prepare
-    monkeypatch.setattr(limits, "respect_limits", lambda content: (content, {"widened": []}))
+    monkeypatch.setattr(limits, "respect_limits", lambda content: (content, {"widened": [], "max_factor": 1e9}))
     bad = converter.convert_calibrated(calibrated, tmp_path / "bad.tflite", input_type="float")
     assert not _loads_in_xnnpack(bad)
     # such a file from another quantizer still runs, on TFLite's reference kernels, with a warning
@@ -92,4 +92,4 @@ def test_healthy_ranges_are_left_alone():
     model, images = _squeeze_excitation(dead=0.5)
     calibrated = converter.calibrate(model, representative(images))
     content, report = limits.respect_limits(calibrated)
-    assert report["widened"] == [] and content == calibrated
+    assert report == {"widened": [], "max_factor": limits.MAX_FACTOR} and content == calibrated

@@ -90,7 +90,7 @@ def _widen(flat: FlatModel, tensor: int, scale: float) -> tuple[float, float]:
 def respect_limits(calibrated: bytes) -> tuple[bytes, dict]:
     """The calibrated model with every op output whose rescale factor would exceed :data:`MAX_FACTOR` widened
     (ops in execution order, so a widened tensor counts as the next op's input); a report: ``widened``, one entry
-    per widened tensor with the op, the factor before and the range before and after."""
+    per widened tensor with the op, the factor before and the range before and after; ``max_factor``."""
     from segzoo.quantization.ranges import tied_groups
 
     flat = FlatModel(calibrated)
@@ -115,5 +115,5 @@ def respect_limits(calibrated: bytes) -> tuple[bytes, dict]:
         log.info("Requantization limits: %d output range(s) widened so that no int8 rescale factor exceeds %.0f "
                  "(XNNPACK refuses 256 or more): %s", len(widened), MAX_FACTOR,
                  ", ".join(f"{w['tensor'].split(';')[0]} (factor {w['factor']:.3g})" for w in widened[:5]))
-        return flat.to_bytes(), {"widened": widened}
-    return calibrated, {"widened": []}
+        return flat.to_bytes(), {"widened": widened, "max_factor": MAX_FACTOR}
+    return calibrated, {"widened": [], "max_factor": MAX_FACTOR}

@@ -176,9 +176,8 @@ def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibrati
     if learned is None:
         calibrated, refinements = refine_calibrated(cfg, calibrated, batch, timer)
     else:
-        from segzoo.quantization.qat import apply_ranges
-
         from segzoo.quantization.limits import respect_limits
+        from segzoo.quantization.qat import apply_ranges
 
         calibrated, qat_report["ranges"] = apply_ranges(calibrated, learned)
         calibrated, limits_report = respect_limits(calibrated)

@@ -223,10 +223,12 @@ def _refinement_lines(refinements: dict) -> list[str]:
         shift = r["mean_abs_shift"][-1] if r["mean_abs_shift"] else 0.0
         lines.append(f"- Bias correction: float biases of {r['ops']} int8 layers moved by {shift:.2f} output steps "
                      f"on average ({r['images']} images, {r['rounds']} rounds, {r['seconds']:.1f} s)")
-    widened = (refinements.get("requantization_limits") or {}).get("widened") or []
+    limits = refinements.get("requantization_limits") or {}
+    widened = limits.get("widened") or []
     if widened:
         lines.append(f"- Requantization limits: {len(widened)} output range(s) widened so that no int8 rescale factor "
-                     f"exceeds 128 (XNNPACK, LiteRT's CPU delegate, refuses a model with one of 256 or more): "
+                     f"exceeds {limits.get('max_factor', 128):g} (XNNPACK, LiteRT's CPU delegate, refuses a model "
+                     "with one of 256 or more): "
                      + ", ".join(f"`{w['tensor'].split(';')[0]}` (factor {w['factor']:.3g})" for w in widened[:5]))
     if "qat" in refinements:
         r = refinements["qat"]
