@@ -213,6 +213,7 @@ class QuantizationConfig:
     dead_inputs: bool = False
     residual_equalization: bool = False
     relu6_cap_growth: float = 2.0
+    split_outliers: bool = False
     activation_ranges: Literal["minmax", "percentile", "mse"] = "mse"
     activation_percentile: float = 99.99
     bias_correction: bool = True

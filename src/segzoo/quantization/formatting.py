@@ -44,7 +44,10 @@ Quantization Through Weight Equalization and Bias Correction"; ST's per-tensor f
    pre-activations stay above ``c`` (the calibration images, within round-off); it is *statistically* exact
    elsewhere (held-out images: logits within 0.2% of their maximum, see ``ABSORB_MARGIN``). Without
    ``calibration`` every step is exact for all inputs.
-4. **Activation ranges**: nothing here clips activations (that would change the float model). The TFLite
+4. **Outlier channel splitting** (``split_outliers``, opt-in), after equalization: the channels that still hold a
+   kernel's widest weights become several channels carrying a part each, exactly
+   (:mod:`segzoo.quantization.outlier_split`).
+5. **Activation ranges**: nothing here clips activations (that would change the float model). The TFLite
    converter calibrates each tensor with the absolute min/max over the representative set (no percentile or
    MSE option in TF 2.21). What is done instead: ReLU6 caps are kept exactly (so bounded activations keep a
    [0, 6]-style range, at most [0, 12] after CLE), and bias absorption shrinks ReLU ranges. Not done: percentile
@@ -761,9 +764,32 @@ def _validate_calibration(calibration: np.ndarray | None, model: keras.Model) ->
     return array
 
 
+def _activation_peaks(graph: _Graph, calls: dict[str, Any],
+                      calibration: np.ndarray | None) -> dict[str, np.ndarray] | None:
+    """Per-channel largest ``|value|`` of every channels-last layer output on the calibration images (None without)."""
+    if calibration is None:
+        return None
+    names = [n.name for n in graph.live() if n.kind != "InputLayer" and n.channels
+             and len(calls[n.name].outputs[0].shape) == 4]
+    stats = channel_statistics(graph, calls, names, calibration, batch_size=2)
+    return {name: np.maximum(np.abs(low), np.abs(high)) for name, (low, high, _, _) in stats.items()}
+
+
+def _equalization_groups(graph: _Graph, calls: dict[str, Any], calibration: np.ndarray | None, relu6: str,
+                         residual: bool) -> tuple[list[_Group], set[int]]:
+    """The CLE groups of the current IR (plain, then residual streams) and the ids of the stream groups."""
+    groups = find_groups(graph, relu6)
+    streams = find_residual_groups(graph, relu6) if residual else []
+    groups = groups + streams
+    if relu6 == "headroom":
+        groups = headroom_bounds(graph, calls, groups, calibration)
+    return groups, {id(g) for g in streams}
+
+
 def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None = None, *,
                             relu6: str = "clip", dead_channels: str = "calibration", dead_inputs: bool = False,
-                            residual: bool = False, cap_growth: float = MAX_CAP_GROWTH) -> tuple[keras.Model, dict]:
+                            residual: bool = False, cap_growth: float = MAX_CAP_GROWTH,
+                            split_outliers: bool = False) -> tuple[keras.Model, dict]:
     """A functionally equivalent model whose weights quantize well per-tensor, and a report of what was done.
 
     Steps (module docstring): BatchNorm folding, constant-channel folding (``dead_channels``: ``"off"``,
@@ -772,17 +798,20 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
     :mod:`segzoo.quantization.dead_channels`), cross-layer equalization (``relu6``: ``"clip"``, ``"skip"`` or
     ``"headroom"``, the latter within the calibration images' headroom below each ReLU6 cap; ``"clip"`` raises a
     cap by at most ``cap_growth``; with ``residual``
-    also across residual streams, :func:`find_residual_groups`),
+    also across residual streams, :func:`find_residual_groups`), with ``split_outliers`` outlier channel splitting
+    after it (:mod:`segzoo.quantization.outlier_split`),
     bias absorption when ``calibration`` (preprocessed float32 ``[N,H,W,C]``) is given. The input model is not
     modified. Report keys: ``bn_folded``, ``bn_left``, ``cle_groups``, ``cle_pairs``, ``cle_sweeps``,
     ``channel_relus`` (ReLU6 layers replaced by :class:`ChannelReLU`), ``relu6_headroom_pairs`` (pairs equalized
     across a ReLU6 kept as it is), ``residual_streams`` and ``residual_stream_convolutions`` (residual streams
     equalized, convolutions writing into or reading from them), ``biases_absorbed`` (channels),
-    ``dead_channels`` (weight-dead / calibration-dead channels folded, per layer), ``relu6``, ``exact`` (False
+    ``dead_channels`` (weight-dead / calibration-dead channels folded, per layer), ``outlier_splits`` (layer ->
+    channels added by splitting its outlier channels), ``relu6``, ``exact`` (False
     once biases were absorbed or calibration-dead channels folded: exact on the calibration images only),
     ``notes``.
     """
     from segzoo.quantization.dead_channels import fold_dead_channels
+    from segzoo.quantization.outlier_split import split_outliers as split
 
     if relu6 not in RELU6_MODES:
         raise ModelError(f"relu6={relu6!r} is not supported; choose one of {', '.join(RELU6_MODES)}.")
@@ -799,12 +828,12 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
     if dead_channels != "off":
         dead = fold_dead_channels(graph, calls, calibration if dead_channels == "calibration" else None,
                                   dead_inputs=dead_inputs).as_dict()
-    groups = find_groups(graph, relu6)
-    streams = find_residual_groups(graph, relu6) if residual else []
-    groups, stream_ids = groups + streams, {id(g) for g in streams}
-    if relu6 == "headroom":
-        groups = headroom_bounds(graph, calls, groups, calibration)
+    groups, stream_ids = _equalization_groups(graph, calls, calibration, relu6, residual)
     sweeps = equalize(graph, groups) if groups else 0
+    splits = split(graph, new_caps=relu6 == "clip", peaks=_activation_peaks(graph, calls, calibration)) \
+        if split_outliers else {}
+    if splits:  # channel counts and concatenation offsets changed: the groups again, for bias absorption
+        groups, stream_ids = _equalization_groups(graph, calls, calibration, relu6, residual)
     absorbed = absorb_biases(graph, calls, groups, calibration) if calibration is not None else 0
     optimized = rebuild(graph, calls)
     report = {
@@ -816,6 +845,7 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
         "channel_relus": sum(1 for n in graph.live() if n.caps is not None and n.kind != "ChannelReLU"),
         "biases_absorbed": absorbed,
         "dead_channels": dead,
+        "outlier_splits": splits,
         "relu6": relu6,
         "cap_growth": float(cap_growth),
         "relu6_headroom_pairs": sum(len(g.consumers) for g in groups if g.bounds is not None),

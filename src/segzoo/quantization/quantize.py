@@ -165,7 +165,8 @@ def run_quantization(cfg: Config, float_model: Path, run_dir: Path, *, calibrati
                                                          relu6=q.relu6_equalization, dead_channels=q.dead_channels,
                                                          dead_inputs=q.dead_inputs,
                                                          residual=q.residual_equalization,
-                                                         cap_growth=q.relu6_cap_growth)
+                                                         cap_growth=q.relu6_cap_growth,
+                                                         split_outliers=q.split_outliers)
         logger.info("Formatting for per-tensor quantization: %s", formatting)
     learned = None
     if q.quantization_type == "qat":

@@ -203,7 +203,10 @@ def _formatting(formatting: dict | None) -> str:
             f"{formatting.get('relu6_headroom_pairs', 0)} pairs equalized across a ReLU6 within the calibration "
             f"headroom, {formatting.get('residual_streams', 0)} residual streams equalized "
             f"({formatting.get('residual_stream_convolutions', 0)} convolutions), "
-            f"{formatting.get('biases_absorbed', 0)} bias channels absorbed; {exact}")
+            f"{formatting.get('biases_absorbed', 0)} bias channels absorbed"
+            + (f", {sum(splits.values())} channels added by splitting outlier channels of {len(splits)} layers"
+               if (splits := formatting.get("outlier_splits")) else "")
+            + f"; {exact}")
 
 
 def _refinement_lines(refinements: dict) -> list[str]:
