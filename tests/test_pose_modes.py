@@ -346,3 +346,33 @@ def test_the_quantized_folder_benchmarks_and_deploys(quantized_run, tmp_path, ke
     assert summary["launched"] and any(f"{image.name}:" in line for line in summary["launch_output"])
     assert (Path(deploy_path) / "pose_landmark_full.tflite").read_bytes() == (
         folder / "pose_landmark_full.tflite").read_bytes()
+
+
+@pytest.mark.heavy
+def test_example_quantization_config_meets_the_per_tensor_targets(tmp_path, monkeypatch, keypoints_dir, sshd_server):
+    """``chain_eqe_mediapipe_pose`` as the README runs it (31 calibration photos, the 4 keypoint images, 20
+    person-mask photos): both networks int8 per tensor keep the mean OKS within 3 points of float and the person
+    mask IoU within 2 points, with outlier channels split in the landmark model, and each network runs >= 95% on
+    the STM32MP257's NPU (estimate); the board app finds a pose on a keypoint photo with that folder."""
+    shared_path("pretrained", "mediapipe_pose")
+    monkeypatch.chdir(REPO)
+    data = yaml.safe_load((REPO / "config_file_examples" / "chain_eqe_mediapipe_pose.yaml").read_text())
+    data.pop("hydra", None)
+    data["mlflow"] = {"enabled": False, "uri": str(tmp_path / "mlruns")}
+    run(data, run_dir=tmp_path / "eqe")
+    report = json.loads((tmp_path / "eqe" / "quantization_report.json").read_text())
+    both = report["per_stage"][-1]
+    assert (both["detector"], both["landmark"]) == ("int8", "int8")
+    assert 100 * (report["float"]["mean_oks"] - both["mean_oks"]) <= 3.0
+    assert 100 * (report["float"]["mask_iou"] - both["mask_iou"]) <= 2.0
+    networks = {network["name"]: network for network in report["networks"]}
+    assert sum(networks["landmark"]["formatting"]["outlier_splits"].values()) > 0
+    assert all(network["stm32mp2_estimate"]["npu_pct"] >= 95.0 for network in networks.values())
+    folder = tmp_path / "eqe" / "quantized_models" / "mediapipe_pose_full_int8_per_tensor"
+    image = sorted((keypoints_dir / "images").glob("*.jpg"))[0]
+    cfg = pose_config(tmp_path, "deployment", general={"model_path": str(folder)},
+                      deployment=sshd_server.deployment(str(sshd_server.board_root / "pose"), str(image)))
+    summary = run(cfg, run_dir=tmp_path / "dep")["deployment"]
+    lines = [line for line in summary["launch_output"] if f"{image.name}:" in line]
+    logging.getLogger(__name__).info("board app: %s", lines)
+    assert summary["launched"] and lines and " 0 pose" not in lines[0]

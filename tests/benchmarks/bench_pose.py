@@ -21,7 +21,8 @@ Run by hand (not collected by pytest)::
      MSE activation ranges, bias correction) with ``relu6_equalization`` skip or headroom; and their landmark
      model alone in the float pipeline;
    - the same steps with the formatting options of ``OPTION_ROWS`` (``residual_equalization``, ``dead_inputs``,
-     with ``headroom`` or ``clip``), both networks int8 and each alone in the float pipeline.
+     ``relu6_cap_growth``, ``split_outliers``, with ``headroom`` or ``clip``), both networks int8 and each alone in
+     the float pipeline.
    Calibration: the last ``--calibration`` person photos of ``coco128_semseg`` (not those of the mask IoU),
    letterboxed for the detector and cropped by the float pipeline for the landmark model
    (``calibration_inputs``). The STM32MP257 estimate (``estimate_stm32mp2``) of each int8 model follows.
@@ -112,10 +113,12 @@ OPTION_ROWS: dict[str, dict] = {
     "headroom + res + dead in": {"relu6": "headroom", "residual": True, "dead_inputs": True},
     "clip + residual": {"relu6": "clip", "residual": True},
     "clip x8 + residual": {"relu6": "clip", "residual": True, "cap_growth": 8.0},
+    "clip x8 + res + split": {"relu6": "clip", "residual": True, "cap_growth": 8.0, "split_outliers": True},
 }
-"""Rows of segzoo's steps with the formatting options ``quantization.residual_equalization`` (``residual``) and
-``quantization.dead_inputs`` (``dead_inputs``) and ``quantization.relu6_cap_growth`` (``cap_growth``), by
-``relu6_equalization`` mode."""
+"""Rows of segzoo's steps with the formatting options ``quantization.residual_equalization`` (``residual``),
+``quantization.dead_inputs`` (``dead_inputs``), ``quantization.relu6_cap_growth`` (``cap_growth``) and
+``quantization.split_outliers`` (``split_outliers``, the example config's four keys), by ``relu6_equalization``
+mode."""
 
 
 def quantize_defaults(models: dict, batches: dict[str, np.ndarray], out_dir: Path, relu6: str,
@@ -138,7 +141,8 @@ def quantize_defaults(models: dict, batches: dict[str, np.ndarray], out_dir: Pat
         converter.convert_calibrated(calibrated, out[role], input_type="float", output_type="float")
         dead = report.get("dead_channels") or {}
         print(f"  {tag} {role}: {report['cle_pairs']} CLE pairs, {report['residual_streams']} residual streams, "
-              f"{report['channel_relus']} ReLU6 -> per-channel caps, {dead.get('dead_inputs', 0)} dead inputs; "
+              f"{report['channel_relus']} ReLU6 -> per-channel caps, {dead.get('dead_inputs', 0)} dead inputs, "
+              f"{sum(report['outlier_splits'].values())} channels added by outlier splitting; "
               f"{time.perf_counter() - start:.0f} s")
     return out
 
