@@ -25,8 +25,9 @@ divided among ``k`` output channels), a convolution's **input** channel (its inp
 is divided among ``k`` input channels), and a depthwise convolution's channel (input duplicated, output divided:
 the depthwise weights of that channel are divided by ``k``). No other kernel's range grows (copies are exact or
 smaller), and activation ranges stay or shrink. Copies of a divided channel round alike, so another convolution
-that has to write divided copies puts that channel on a ``k`` times coarser grid: a split is refused when that
-leaves fewer than ``MIN_COPY_LEVELS`` steps per copy. The cost is ``k - 1`` more channels per split in every
+that has to write divided copies puts that channel on a ``k`` times coarser weight grid, and so does every tensor
+carrying them on its activation grid: a split is refused when that leaves fewer than ``MIN_COPY_LEVELS`` weight
+steps or ``MIN_ACTIVATION_LEVELS`` activation steps (calibration peaks) per copy. The cost is ``k - 1`` more channels per split in every
 tensor of the subgraph (each tensor grows by at most ``MAX_GROWTH`` or ``MIN_BUDGET`` channels), and, for divided
 copies through a plain ReLU6, one per-channel cap.
 

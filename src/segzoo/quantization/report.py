@@ -204,9 +204,14 @@ def _formatting(formatting: dict | None) -> str:
             f"headroom, {formatting.get('residual_streams', 0)} residual streams equalized "
             f"({formatting.get('residual_stream_convolutions', 0)} convolutions), "
             f"{formatting.get('biases_absorbed', 0)} bias channels absorbed"
-            + (f", {sum(splits.values())} channels added by splitting outlier channels of {len(splits)} layers"
-               if (splits := formatting.get("outlier_splits")) else "")
+            + (f", {_count(sum(splits.values()), 'channel')} added by splitting outlier channels of "
+               f"{_count(len(splits), 'layer')}" if (splits := formatting.get("outlier_splits")) else "")
             + f"; {exact}")
+
+
+def _count(number: int, noun: str) -> str:
+    """``"1 layer"``, ``"2 layers"``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _refinement_lines(refinements: dict) -> list[str]:
