@@ -338,7 +338,7 @@ def split_outliers(graph: _Graph, new_caps: bool, peaks: dict[str, np.ndarray] |
     """Split outlier channels greedily (module docstring); layer name -> channels added for it.
 
     ``peaks``: per-channel largest ``|activation|`` of each layer's output on calibration images (updated as
-    channels are split), so that no divided copy falls below ``MIN_COPY_LEVELS`` activation steps.
+    channels are split), so that no divided copy falls below ``MIN_ACTIVATION_LEVELS`` activation steps.
     """
     added: dict[str, int] = {}
     blocked: set[tuple[str, str]] = set()
