@@ -27,9 +27,9 @@ the depthwise weights of that channel are divided by ``k``). No other kernel's r
 smaller), and activation ranges stay or shrink. Copies of a divided channel round alike, so another convolution
 that has to write divided copies puts that channel on a ``k`` times coarser weight grid, and so does every tensor
 carrying them on its activation grid: a split is refused when that leaves fewer than ``MIN_COPY_LEVELS`` weight
-steps or ``MIN_ACTIVATION_LEVELS`` activation steps (calibration peaks) per copy. The cost is ``k - 1`` more channels per split in every
-tensor of the subgraph (each tensor grows by at most ``MAX_GROWTH`` or ``MIN_BUDGET`` channels), and, for divided
-copies through a plain ReLU6, one per-channel cap.
+steps or ``MIN_ACTIVATION_LEVELS`` activation steps (calibration peaks) per copy. The cost is ``k - 1`` more
+channels per split in every tensor of the subgraph (each tensor grows by at most ``MAX_GROWTH`` or ``MIN_BUDGET``
+channels), and, for divided copies through a plain ReLU6, one per-channel cap.
 
 :func:`split_outliers` splits greedily, the layer with the largest outlier ratio first, until each layer's widest
 channel is within ``TARGET_RATIO`` of its median channel, the next split would gain less than ``MIN_GAIN`` or a
