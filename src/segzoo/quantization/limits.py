@@ -4,9 +4,9 @@ An int8 op computes in int32 and rescales to its output's grid by ``input_scale 
 (convolutions, fully connected), ``input_scale / output_scale`` (ADD, SUB) or ``scale_a * scale_b /
 output_scale`` (MUL). TFLite's reference kernels take any factor, but XNNPACK (LiteRT's default CPU delegate on
 the host, and on a board whose TFLite build enables it) refuses to prepare a model with a factor of 256 or more,
-and the whole model then fails to load. Such factors come from an output whose calibrated range is tiny next to its inputs: a channel group
-that stays almost dead on every calibration image (a squeeze-excitation branch whose ReLU output is ~0, for
-example). Widening that output's range to ``MAX_FACTOR`` removes the failure and costs nothing measurable: the
+and the whole model then fails to load. Such factors come from an output whose calibrated range is tiny next to
+its inputs: a channel group that stays almost dead on every calibration image (a squeeze-excitation branch whose
+ReLU output is ~0, for example). Widening that output's range to ``MAX_FACTOR`` removes the failure and costs nothing measurable: the
 values the range held are kept (the range only grows), only their int8 step is coarser, and the outputs that were
 ~0 stay ~0.
 
