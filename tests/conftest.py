@@ -98,3 +98,20 @@ def mediapipe_dir() -> Path:
 def keypoints_dir() -> Path:
     """4 real COCO val images with 14 persons' keypoints (COCO json)."""
     return shared_path("datasets", "coco_keypoints_mmpose")
+
+
+def landmark_crops(photos: int) -> tuple[Path, "np.ndarray"]:
+    """MediaPipe's landmark model file and the crops the float pipeline cuts from the first ``photos`` COCO train
+    photos with a person (skips when ../shared lacks them)."""
+    from segzoo.runtime.litert import LiteRTRunner
+    from segzoo.tasks.pose_estimation.calibration import calibration_inputs
+    from segzoo.tasks.pose_estimation.evaluation import person_mask_samples
+    from segzoo.tasks.pose_estimation.pipeline import PosePipeline
+    from segzoo.tasks.pose_estimation.preset import MEDIAPIPE_POSE_FULL
+
+    folder = shared_path("pretrained", "mediapipe_pose")
+    coco = shared_path("datasets", "coco128_semseg")
+    samples = person_mask_samples(coco / "images" / "train2017", coco / "semantic_segmentation" / "masks" / "train2017")
+    detector, landmark = MEDIAPIPE_POSE_FULL.paths(folder)
+    pipeline = PosePipeline(MEDIAPIPE_POSE_FULL, LiteRTRunner(detector, 2), LiteRTRunner(landmark, 2))
+    return landmark, calibration_inputs(pipeline, [s.image for s in samples[:photos]])["landmark"]

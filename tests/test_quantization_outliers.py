@@ -209,23 +209,12 @@ def test_real_landmark_model_is_split_exactly_on_real_crops() -> None:
     """MediaPipe's pose landmark model (real file, real COCO person crops) with the example config's formatting
     and outlier splitting, without calibration statistics so that every step is exact: dozens of channels are
     added, the widest per-tensor kernel ratios shrink, and every output stays within 1e-3 of its range."""
-    from conftest import shared_path
     from segzoo.quantization.formatting import _read_graph, optimize_for_per_tensor
     from segzoo.quantization.outlier_split import _depthwise, _full_conv, outlier_ratio
     from segzoo.quantization.quantize import load_float_model
-    from segzoo.runtime.litert import LiteRTRunner
-    from segzoo.tasks.pose_estimation.calibration import calibration_inputs
-    from segzoo.tasks.pose_estimation.evaluation import person_mask_samples
-    from segzoo.tasks.pose_estimation.pipeline import PosePipeline
-    from segzoo.tasks.pose_estimation.preset import MEDIAPIPE_POSE_FULL
+    from conftest import landmark_crops
 
-    folder = shared_path("pretrained", "mediapipe_pose")
-    coco = shared_path("datasets", "coco128_semseg")
-    photos = [sample.image for sample in person_mask_samples(coco / "images" / "train2017",
-                                                             coco / "semantic_segmentation" / "masks" / "train2017")]
-    detector, landmark = MEDIAPIPE_POSE_FULL.paths(folder)
-    pipeline = PosePipeline(MEDIAPIPE_POSE_FULL, LiteRTRunner(detector, 2), LiteRTRunner(landmark, 2))
-    crops = calibration_inputs(pipeline, photos[:8])["landmark"]
+    landmark, crops = landmark_crops(8)
     model = load_float_model(landmark)
     options = {"relu6": "clip", "residual": True, "cap_growth": 8.0, "dead_channels": "exact"}
     plain, _ = optimize_for_per_tensor(model, **options)

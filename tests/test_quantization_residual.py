@@ -16,8 +16,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from conftest import shared_path  # noqa: E402
-
 keras = pytest.importorskip("keras")
 
 
@@ -173,19 +171,9 @@ def test_real_landmark_model_keeps_its_outputs_on_real_crops() -> None:
     those images only: on 4 held-out crops the landmarks moved by up to 5% of their range.)"""
     from segzoo.quantization.formatting import optimize_for_per_tensor
     from segzoo.quantization.quantize import load_float_model
-    from segzoo.runtime.litert import LiteRTRunner
-    from segzoo.tasks.pose_estimation.calibration import calibration_inputs
-    from segzoo.tasks.pose_estimation.evaluation import person_mask_samples
-    from segzoo.tasks.pose_estimation.pipeline import PosePipeline
-    from segzoo.tasks.pose_estimation.preset import MEDIAPIPE_POSE_FULL
+    from conftest import landmark_crops
 
-    folder = shared_path("pretrained", "mediapipe_pose")
-    coco = shared_path("datasets", "coco128_semseg")
-    photos = [sample.image for sample in person_mask_samples(coco / "images" / "train2017",
-                                                             coco / "semantic_segmentation" / "masks" / "train2017")]
-    detector, landmark = MEDIAPIPE_POSE_FULL.paths(folder)
-    pipeline = PosePipeline(MEDIAPIPE_POSE_FULL, LiteRTRunner(detector, 2), LiteRTRunner(landmark, 2))
-    crops = calibration_inputs(pipeline, photos[:30])["landmark"]
+    landmark, crops = landmark_crops(30)
     calib = crops[:16]
     model = load_float_model(landmark)
 
