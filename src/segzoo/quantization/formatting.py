@@ -811,7 +811,7 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
     ``notes``.
     """
     from segzoo.quantization.dead_channels import fold_dead_channels
-    from segzoo.quantization.outlier_split import split_outliers as split
+    from segzoo.quantization.outlier_split import has_outliers, split_outliers as split
 
     if relu6 not in RELU6_MODES:
         raise ModelError(f"relu6={relu6!r} is not supported; choose one of {', '.join(RELU6_MODES)}.")
@@ -831,7 +831,7 @@ def optimize_for_per_tensor(model: keras.Model, calibration: np.ndarray | None =
     groups, stream_ids = _equalization_groups(graph, calls, calibration, relu6, residual)
     sweeps = equalize(graph, groups) if groups else 0
     splits = split(graph, new_caps=relu6 == "clip", peaks=_activation_peaks(graph, calls, calibration)) \
-        if split_outliers else {}
+        if split_outliers and has_outliers(graph) else {}  # the peaks cost a probe of every layer
     if splits:  # channel counts and concatenation offsets changed: the groups again, for bias absorption
         groups, stream_ids = _equalization_groups(graph, calls, calibration, relu6, residual)
     absorbed = absorb_biases(graph, calls, groups, calibration) if calibration is not None else 0

@@ -333,6 +333,11 @@ def _affordable(graph: _Graph, plans: list[_Split], picks: list[tuple[int, int]]
     return all(graph.nodes[name].channels + more <= limits[name] for name, more in extra.items())
 
 
+def has_outliers(graph: _Graph, target: float = TARGET_RATIO) -> bool:
+    """Whether some convolution's widest channel is more than ``target`` times its median channel."""
+    return any((_full_conv(n) or _depthwise(n)) and outlier_ratio(n) > target for n in graph.live())
+
+
 def split_outliers(graph: _Graph, new_caps: bool, peaks: dict[str, np.ndarray] | None = None,
                    target: float = TARGET_RATIO) -> dict[str, int]:
     """Split outlier channels greedily (module docstring); layer name -> channels added for it.
